@@ -1,0 +1,89 @@
+-- The conversations service's schema. Applied by `python -m service migrate` (service/migrate.py)
+-- under an advisory lock; every statement is idempotent, so applying it again changes nothing.
+
+-- Identifiers (API.md §1): 8 base62 characters of the creation time in milliseconds, then 8
+-- random ones chosen by the application from `secrets`. The time part is taken from the
+-- database's clock inside the writing transaction, so that `created_at`, the id and the event's
+-- `occurred_at` all come from one clock, whichever replica served the request.
+CREATE OR REPLACE FUNCTION base62_millis(ts timestamptz) RETURNS text
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $$
+DECLARE
+    n bigint := floor(extract(epoch FROM ts) * 1000)::bigint;
+    digits text := '';
+BEGIN
+    FOR i IN 1..8 LOOP
+        digits := substr('0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz',
+                         (n % 62)::int + 1, 1) || digits;
+        n := n / 62;
+    END LOOP;
+    RETURN digits;
+END
+$$;
+
+CREATE TABLE IF NOT EXISTS api_tokens (
+    id          text COLLATE "C" PRIMARY KEY,
+    account_id  text COLLATE "C" NOT NULL,
+    token_hash  bytea NOT NULL,                 -- sha256(token); the token itself is never stored
+    created_at  bigint NOT NULL,
+    revoked_at  bigint,
+    CONSTRAINT api_tokens_token_hash_key UNIQUE (token_hash)
+);
+-- `tokens list --account A`
+CREATE INDEX IF NOT EXISTS api_tokens_account_idx ON api_tokens (account_id, id);
+
+CREATE TABLE IF NOT EXISTS conversations (
+    account_id         text COLLATE "C" NOT NULL,
+    -- COLLATE "C": byte order is creation order, which listing and cursors rest on (API.md §3)
+    id                 text COLLATE "C" NOT NULL,
+    contact_id         text COLLATE "C",
+    group_id           text COLLATE "C",
+    pinned_message_id  text COLLATE "C",
+    is_pinned          boolean NOT NULL DEFAULT false,
+    is_muted           boolean NOT NULL DEFAULT false,
+    last_active_at     bigint,
+    last_opened_at     bigint,
+    created_at         bigint NOT NULL,
+    archived_at        bigint,
+    -- The per-conversation event `sequence`: 1 at creation, +1 per effective update.
+    version            bigint NOT NULL DEFAULT 1,
+    -- Every lookup is by (account_id, id): retrieve, update, delete, and every list page as a
+    -- keyset scan of this index, so another account's rows are never even read.
+    CONSTRAINT conversations_pkey PRIMARY KEY (account_id, id),
+    CONSTRAINT conversations_one_party CHECK ((contact_id IS NULL) <> (group_id IS NULL))
+);
+-- At most one conversation per contact and per group in an account (API.md §2); these also
+-- serve the contact_id / group_id list filters and the 409's lookup of the existing conversation.
+CREATE UNIQUE INDEX IF NOT EXISTS conversations_account_contact_key
+    ON conversations (account_id, contact_id) WHERE contact_id IS NOT NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS conversations_account_group_key
+    ON conversations (account_id, group_id) WHERE group_id IS NOT NULL;
+
+-- The transactional outbox (API.md §6): each write inserts its event here in the same
+-- statement as the change; the relay (service/relay.py) publishes rows in `position` order and
+-- deletes each one only once Redis has acknowledged and persisted it. `data` and
+-- `previous_attributes` are JSON text, encoded once inside the writing statement and copied
+-- byte for byte to the stream (jsonb would reorder the keys).
+CREATE TABLE IF NOT EXISTS conversation_outbox (
+    -- The stream the writer was configured with (EVENTS_STREAM): each stream has its own
+    -- relay leader, which publishes only its stream's rows.
+    stream               text COLLATE "C" NOT NULL,
+    position             bigint GENERATED ALWAYS AS IDENTITY,
+    event_id             text COLLATE "C" NOT NULL,
+    type                 text NOT NULL,
+    account_id           text NOT NULL,
+    conversation_id      text NOT NULL,
+    occurred_at          bigint NOT NULL,
+    sequence             bigint NOT NULL,
+    schema_version       integer NOT NULL,
+    data                 text NOT NULL,
+    previous_attributes  text,
+    -- The relay's scan: a stream's rows in position order.
+    CONSTRAINT conversation_outbox_pkey PRIMARY KEY (stream, position)
+);
+-- A queue table: rows live for milliseconds, so let autovacuum clean it up early and often.
+ALTER TABLE conversation_outbox SET (
+    autovacuum_vacuum_scale_factor = 0.0,
+    autovacuum_vacuum_threshold = 1000,
+    autovacuum_analyze_scale_factor = 0.0,
+    autovacuum_analyze_threshold = 1000
+);

@@ -1,0 +1,86 @@
+"""The Litestar application: routes, the error handler, and the resources its lifespan owns.
+
+`create_app(settings)` is the only way to build it (tests pass their own Settings);
+`app_from_environment()` is the factory the ASGI server imports in each worker. The lifespan
+opens the request pool, the Redis client and the relay, and on shutdown (after the server has
+stopped taking requests and finished the ones in flight) flushes the relay and closes them.
+No SQL and no request parsing here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar, Request, Response, Router
+
+from service.auth import TokenAuthenticator, require_account
+from service.conversations import Conversations
+from service.db import Database, create_pool
+from service.errors import InternalError, as_api_error, encode_error
+from service.handlers import CONVERSATION_HANDLERS
+from service.observability import configure_logging
+from service.operations import OPERATION_HANDLERS
+from service.redis_client import create_redis
+from service.relay import Relay
+from service.settings import Settings, load_settings
+
+logger = logging.getLogger("service.app")
+
+MAX_BODY_BYTES = 64 * 1024
+
+
+def render_error(request: Request, error: Exception) -> Response:
+    """The one exception handler: every error leaves in the contract's shape (API.md §4)."""
+    api_error = as_api_error(request.method, request.scope.get("path", ""), error)
+    if isinstance(api_error, InternalError):
+        logger.error("unhandled error serving %s %s", request.method, request.scope.get("path", ""),
+                     exc_info=error)
+    return Response(content=encode_error(api_error), status_code=api_error.status_code,
+                    media_type="application/json", headers=api_error.headers or None)
+
+
+def _lifespan(settings: Settings, run_relay: bool):
+    @asynccontextmanager
+    async def resources(app: Litestar) -> AsyncIterator[None]:
+        pool = await create_pool(settings)
+        redis = create_redis(settings)
+        db = Database(pool, settings.db_acquire_timeout)
+        relay = Relay(settings, redis)
+        app.state.settings = settings
+        app.state.db = db
+        app.state.redis = redis
+        app.state.relay = relay
+        app.state.authenticator = TokenAuthenticator(db, settings.token_cache_seconds)
+        app.state.conversations = Conversations(db, settings.events_stream)
+        if run_relay:
+            relay.start()
+        try:
+            yield
+        finally:
+            await relay.stop(flush_seconds=settings.shutdown_timeout * 0.4)
+            await redis.aclose()
+            await pool.close()
+
+    return resources
+
+
+def create_app(settings: Settings, *, run_relay: bool = True) -> Litestar:
+    """The application for `settings` (`run_relay=False` for tests that drive the relay themselves)."""
+    v1 = Router(path="/v1", route_handlers=CONVERSATION_HANDLERS, guards=[require_account])
+    return Litestar(
+        route_handlers=[v1, *OPERATION_HANDLERS],
+        lifespan=[_lifespan(settings, run_relay)],
+        exception_handlers={Exception: render_error},
+        request_max_body_size=MAX_BODY_BYTES,
+        openapi_config=None,
+        debug=False,
+    )
+
+
+def app_from_environment() -> Litestar:
+    """The ASGI server's factory: one app per worker, configured from the environment."""
+    settings = load_settings()
+    configure_logging(settings.log_level)  # workers are fresh interpreters: configure each
+    return create_app(settings)

@@ -1,0 +1,82 @@
+"""Bearer-token authentication for /v1 (API.md §5): SHA-256 lookup, cached for at most 5 seconds.
+
+A token is looked up by the SHA-256 of its bytes (only hashes are stored). A hit is kept in
+this process for `token_cache_seconds` (at most 5, the contract's revocation window), so most
+requests cost no database round trip. Misses are never cached: a new token works at once.
+Never reads request bodies, and never logs or echoes a token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
+
+from service import queries
+from service.db import Database
+from service.errors import Unauthenticated
+
+MAX_CACHED_TOKENS = 10_000
+REVOCATION_WINDOW_SECONDS = 5.0
+
+
+def hash_token(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+class TokenAuthenticator:
+    """Maps an Authorization header to the account its token belongs to."""
+
+    def __init__(self, db: Database, cache_seconds: float = REVOCATION_WINDOW_SECONDS) -> None:
+        self._db = db
+        self._cache_seconds = min(cache_seconds, REVOCATION_WINDOW_SECONDS)
+        self._cache: dict[bytes, tuple[str, float]] = {}
+
+    async def account_for(self, authorization: bytes | None) -> str:
+        """The account of the bearer token in `authorization`, or Unauthenticated."""
+        if authorization is None:
+            raise Unauthenticated("send your API token as Authorization: Bearer <token>")
+        scheme, _, token = authorization.partition(b" ")
+        token = token.strip()
+        if scheme.lower() != b"bearer" or not token:
+            raise Unauthenticated("the Authorization header must be 'Bearer <token>'")
+        digest = hashlib.sha256(token).digest()
+        now = time.monotonic()
+        cached = self._cache.get(digest)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        account_id = await queries.fetch_account_for_token(self._db, digest)
+        if account_id is None:
+            self._cache.pop(digest, None)
+            raise Unauthenticated("the API token is unknown or has been revoked")
+        if len(self._cache) >= MAX_CACHED_TOKENS:
+            self._evict_expired(now)
+        self._cache[digest] = (account_id, now + self._cache_seconds)
+        return account_id
+
+    def _evict_expired(self, now: float) -> None:
+        expired = [digest for digest, (_, until) in self._cache.items() if until <= now]
+        for digest in expired:
+            del self._cache[digest]
+        if len(self._cache) >= MAX_CACHED_TOKENS:
+            self._cache.clear()
+
+
+_AUTHORIZATION = b"authorization"
+
+
+def raw_header(scope_headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The first value of header `name` (lower case) straight from the ASGI scope."""
+    for key, value in scope_headers:
+        if key == name:
+            return value
+    return None
+
+
+async def require_account(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    """Guard of the /v1 router: sets `request.auth` to the caller's account id, or answers 401."""
+    authenticator: TokenAuthenticator = connection.app.state.authenticator
+    connection.scope["auth"] = await authenticator.account_for(
+        raw_header(connection.scope["headers"], _AUTHORIZATION))

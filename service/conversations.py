@@ -1,0 +1,102 @@
+"""The rules of the conversations API (API.md §2-3), between the decoded request and the SQL.
+
+Exactly one of contact_id / group_id on create, 409 naming the field and the existing
+conversation, updates that change nothing write nothing, the list's cursor and filter
+attributes. Every write and its event go to PostgreSQL as one statement (queries.py), so they
+commit or roll back together. No SQL text and no Litestar types here.
+"""
+
+from __future__ import annotations
+
+from msgspec import UNSET
+
+from service import queries
+from service.db import Database
+from service.errors import ApiError, ConversationNotFound, DuplicateConversation, InvalidRequest
+from service.wire import Conversation, ConversationCreate, ConversationPage, ConversationUpdate, ListParams
+
+# A create whose contact was taken, but whose holder is gone by the time we look it up (deleted
+# in between), is simply tried again; this many times before giving up.
+CREATE_ATTEMPTS = 5
+
+
+class ConcurrentChange(ApiError):
+    status_code = 409
+
+
+def _given(value: object) -> tuple[bool, object]:
+    """A nullable attribute as (given, value), so "clear it" (null) and "leave it" stay apart."""
+    return (False, None) if value is UNSET else (True, value)
+
+
+def _value_or_none(value: object) -> object:
+    return None if value is UNSET else value
+
+
+class Conversations:
+    """The API's operations on one account's conversations, writing events to `events_stream`."""
+
+    __slots__ = ("db", "events_stream")
+
+    def __init__(self, db: Database, events_stream: str) -> None:
+        self.db = db
+        self.events_stream = events_stream
+
+    async def create(self, account_id: str, request: ConversationCreate) -> Conversation:
+        if (request.contact_id is None) == (request.group_id is None):
+            both = request.contact_id is not None
+            raise InvalidRequest(
+                "give either contact_id or group_id, not both" if both else "give either contact_id or group_id",
+                param="group_id" if both else "contact_id",
+            )
+        param, party_id = (("contact_id", request.contact_id) if request.contact_id is not None
+                           else ("group_id", request.group_id))
+        for _ in range(CREATE_ATTEMPTS):
+            created = await queries.insert_conversation(self.db, self.events_stream, account_id,
+                                                        request.contact_id, request.group_id)
+            if created is not None:
+                return created
+            existing = await queries.fetch_id_by_party(self.db, account_id, param, party_id)  # type: ignore[arg-type]
+            if existing is not None:
+                raise DuplicateConversation(param, existing)
+        raise ConcurrentChange(
+            f"the conversation with this {param} is being created and deleted concurrently; retry", param=param)
+
+    async def retrieve(self, account_id: str, conversation_id: str) -> Conversation:
+        conversation = await queries.fetch_conversation(self.db, account_id, conversation_id)
+        if conversation is None:
+            raise ConversationNotFound(conversation_id)
+        return conversation
+
+    async def update(self, account_id: str, conversation_id: str, request: ConversationUpdate) -> Conversation:
+        """Apply the given attributes; a body that changes nothing returns the stored conversation."""
+        updated = await queries.update_conversation(
+            self.db, self.events_stream, account_id, conversation_id,
+            pinned_message_id=_given(request.pinned_message_id),  # type: ignore[arg-type]
+            is_pinned=_value_or_none(request.is_pinned),  # type: ignore[arg-type]
+            is_muted=_value_or_none(request.is_muted),  # type: ignore[arg-type]
+            last_active_at=_given(request.last_active_at),  # type: ignore[arg-type]
+            last_opened_at=_given(request.last_opened_at),  # type: ignore[arg-type]
+            archived_at=_given(request.archived_at),  # type: ignore[arg-type]
+        )
+        if updated is None:
+            raise ConversationNotFound(conversation_id)
+        return updated
+
+    async def delete(self, account_id: str, conversation_id: str) -> None:
+        if not await queries.delete_conversation(self.db, self.events_stream, account_id, conversation_id):
+            raise ConversationNotFound(conversation_id)
+
+    async def list(self, account_id: str, params: ListParams) -> ConversationPage:
+        if params.starting_after is not UNSET and params.ending_before is not UNSET:
+            raise InvalidRequest("give starting_after or ending_before, not both", param="ending_before")
+        cursor: str | None = None
+        cursor_id: str | None = None
+        if params.starting_after is not UNSET:
+            cursor, cursor_id = "starting_after", params.starting_after
+        elif params.ending_before is not UNSET:
+            cursor, cursor_id = "ending_before", params.ending_before
+        filters = {name: getattr(params, name) for name in queries.LIST_FILTERS
+                   if getattr(params, name) is not UNSET}
+        data, has_more = await queries.fetch_page(self.db, account_id, params.limit, cursor, cursor_id, filters)
+        return ConversationPage(has_more=has_more, data=data)

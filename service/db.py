@@ -1,0 +1,100 @@
+"""PostgreSQL access: the pool, with a timeout on every wait, and one exception for "unreachable".
+
+Every call acquires a pooled connection within `db_acquire_timeout` (asyncpg waits forever by
+default), runs one statement bounded by `db_statement_timeout`, and turns any sign that the
+database cannot be reached in time into `DatabaseUnavailable` (a 503 with Retry-After). No
+domain SQL here: that is `queries.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+
+from service.errors import DatabaseUnavailable
+from service.settings import Settings
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """Whether `error` means "PostgreSQL cannot be reached in time" rather than a bug of ours."""
+    if isinstance(error, (OSError, TimeoutError, asyncpg.PostgresConnectionError,
+                          asyncpg.exceptions.OperatorInterventionError, asyncpg.TooManyConnectionsError,
+                          asyncpg.exceptions.ConnectionFailureError)):
+        return True
+    # asyncpg reports use of a connection or pool that was closed under it as an InterfaceError.
+    return isinstance(error, asyncpg.InterfaceError) and "clos" in str(error)
+
+
+async def rollback_leftover_transaction(connection: asyncpg.Connection) -> None:
+    """The pool's reset hook: roll back only a transaction a cancelled request left open.
+
+    asyncpg's default reset sends `pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`
+    on every release, a second round trip per request. Pooled connections never carry session
+    state here (no SET, LISTEN or advisory lock: those live on the relay's and the migrator's
+    own connections), so nothing else needs undoing.
+    """
+    if connection.is_in_transaction():
+        await connection.execute("ROLLBACK")
+
+
+async def create_pool(settings: Settings, *, size: int | None = None, application_name: str = "conversations-api"
+                      ) -> asyncpg.Pool:
+    """The request pool. Connects eagerly, so a service that cannot reach PostgreSQL fails to start."""
+    size = size or settings.db_pool_size
+    statement_ms = int(settings.db_statement_timeout * 1000)
+    return await asyncpg.create_pool(
+        settings.database_url,
+        min_size=size,
+        max_size=size,
+        timeout=settings.db_connect_timeout,
+        command_timeout=settings.db_statement_timeout,
+        max_inactive_connection_lifetime=300.0,
+        reset=rollback_leftover_transaction,
+        server_settings={
+            "application_name": application_name,
+            # The server stops what the client has given up on, and never keeps a row lock
+            # for a client that vanished mid-transaction.
+            "statement_timeout": str(statement_ms * 2),
+            "idle_in_transaction_session_timeout": str(statement_ms * 2),
+        },
+    )
+
+
+class Database:
+    """The pool behind the handlers: one statement per call, every wait bounded."""
+
+    __slots__ = ("acquire_timeout", "pool")
+
+    def __init__(self, pool: asyncpg.Pool, acquire_timeout: float) -> None:
+        self.pool = pool
+        self.acquire_timeout = acquire_timeout
+
+    async def _acquire(self) -> asyncpg.Connection:
+        async with asyncio.timeout(self.acquire_timeout):
+            return await self.pool.acquire()
+
+    async def _run(self, method: str, query: str, args: tuple[Any, ...]) -> Any:
+        try:
+            connection = await self._acquire()
+            try:
+                return await getattr(connection, method)(query, *args)
+            finally:
+                await self.pool.release(connection)
+        except Exception as error:
+            if is_unavailable(error):
+                raise DatabaseUnavailable from error
+            raise
+
+    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
+        return await self._run("fetchrow", query, args)
+
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        return await self._run("fetch", query, args)
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        return await self._run("fetchval", query, args)
+
+    async def close(self) -> None:
+        await self.pool.close()

@@ -1,0 +1,166 @@
+"""The errors a client can see (API.md §4), and the one place that renders them.
+
+    ApiError                      status, message, param, headers
+    ├── InvalidRequest            400  a bad attribute, body or query
+    ├── Unauthenticated           401  missing, unknown or revoked token (WWW-Authenticate: Bearer)
+    ├── ConversationNotFound      404  no such conversation in the caller's account
+    ├── RouteNotFound             404  no such path
+    ├── MethodNotAllowed          405  the path exists, the method does not (Allow: ...)
+    ├── DuplicateConversation     409  the account already has one with this contact or group
+    ├── PayloadTooLarge           413  body over 64 KiB
+    ├── UnsupportedMediaType      415  a body that is neither JSON nor form data
+    └── DatabaseUnavailable       503  PostgreSQL unreachable or too slow (Retry-After)
+
+Anything else that escapes a handler is a 500 with a fixed body; its traceback goes to the log
+with the request id, never to the client.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import ClassVar
+
+import msgspec
+
+logger = logging.getLogger("service.errors")
+
+RETRY_AFTER_SECONDS = "1"
+
+
+class ErrorBody(msgspec.Struct):
+    """Every error response (API.md §4); `param` is null when no single attribute is at fault."""
+
+    type: str
+    message: str
+    param: str | None
+
+
+class ConflictErrorBody(ErrorBody):
+    """A 409 also names the conversation that already exists with the contact or group."""
+
+    conversation_id: str
+
+
+class ApiError(Exception):
+    """An error answered with the contract's body; subclasses fix the status."""
+
+    status_code: int = 400
+    error_type: ClassVar[str] = "invalid_request"
+
+    def __init__(self, message: str, *, param: str | None = None, headers: dict[str, str] | None = None,
+                 status_code: int | None = None) -> None:
+        super().__init__(message)
+        if status_code is not None:
+            self.status_code = status_code
+        self.message = message
+        self.param = param
+        self.headers = headers or {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r}, param={self.param!r})"
+
+    def body(self) -> ErrorBody:
+        return ErrorBody(type=self.error_type, message=self.message, param=self.param)
+
+
+class InvalidRequest(ApiError):
+    status_code = 400
+
+
+class Unauthenticated(ApiError):
+    status_code = 401
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
+
+
+class ConversationNotFound(ApiError):
+    status_code = 404
+
+    def __init__(self, conversation_id: str) -> None:
+        super().__init__(f"there is no conversation {conversation_id[:100]!r} in this account", param="id")
+
+
+class RouteNotFound(ApiError):
+    status_code = 404
+
+
+class MethodNotAllowed(ApiError):
+    status_code = 405
+
+
+class DuplicateConversation(ApiError):
+    status_code = 409
+
+    def __init__(self, param: str, conversation_id: str) -> None:
+        super().__init__(
+            f"this account already has a conversation with this {param.removesuffix('_id')}: {conversation_id}",
+            param=param,
+        )
+        self.conversation_id = conversation_id
+
+    def body(self) -> ErrorBody:
+        return ConflictErrorBody(type=self.error_type, message=self.message, param=self.param,
+                                 conversation_id=self.conversation_id)
+
+
+class PayloadTooLarge(ApiError):
+    status_code = 413
+
+
+class UnsupportedMediaType(ApiError):
+    status_code = 415
+
+
+class DatabaseUnavailable(ApiError):
+    status_code = 503
+    error_type = "api_error"
+
+    def __init__(self) -> None:
+        super().__init__("the database is unavailable; retry shortly",
+                         headers={"Retry-After": RETRY_AFTER_SECONDS})
+
+
+class InternalError(ApiError):
+    status_code = 500
+    error_type = "api_error"
+
+    def __init__(self) -> None:
+        super().__init__("an unexpected error occurred on our side; it has been logged")
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+def encode_error(error: ApiError) -> bytes:
+    return _encode(error.body())
+
+
+def as_api_error(method: str, path: str, error: Exception) -> ApiError:
+    """The contract's error for anything raised while serving a request.
+
+    Litestar raises its own HTTPExceptions for unknown routes (404), methods (405) and bodies
+    over the limit (413); they reach the app-level handler only, and are reworded here. A
+    database that cannot be reached is a 503 wherever it surfaced; anything else is a 500.
+    """
+    # Imported here so that the error vocabulary above stays free of framework and driver imports.
+    from litestar.exceptions import HTTPException, MethodNotAllowedException, NotFoundException
+    from litestar.exceptions.http_exceptions import RequestEntityTooLarge
+
+    from service.db import is_unavailable
+
+    if isinstance(error, ApiError):
+        return error
+    if isinstance(error, NotFoundException):
+        return RouteNotFound(f"there is no route {method} {path[:200]}")
+    if isinstance(error, MethodNotAllowedException):
+        allow = (error.headers or {}).get("allow", "")
+        return MethodNotAllowed(f"{method} is not allowed on {path[:200]}; allowed: {allow}",
+                                headers={"Allow": allow} if allow else None)
+    if isinstance(error, RequestEntityTooLarge):
+        return PayloadTooLarge("the request body must be at most 64 KiB")
+    if isinstance(error, HTTPException) and 400 <= error.status_code < 500:
+        return ApiError("the request is malformed", status_code=error.status_code)
+    if is_unavailable(error):
+        return DatabaseUnavailable()
+    return InternalError()

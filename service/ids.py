@@ -1,0 +1,60 @@
+"""Time-ordered identifiers (API.md §1): 8 base62 characters of milliseconds, then 8 random ones.
+
+Conversation and event ids get their time part from the database clock inside the writing
+statement (`base62_millis()` in schema.sql); the application supplies the random part from
+`secrets`. This module holds the Python side of the scheme: the random part, the same encoding
+for ids made outside the database (token ids), and the decoding tests use to check both agree.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+
+ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+TIME_LENGTH = 8
+RANDOM_LENGTH = 8
+ID_LENGTH = TIME_LENGTH + RANDOM_LENGTH
+ID_PATTERN = re.compile(r"[0-9A-Za-z]{16}")
+
+_ALPHABET_BYTES = ALPHABET.encode()
+_INDEX = {c: i for i, c in enumerate(ALPHABET)}
+
+
+def encode_millis(millis: int) -> str:
+    """The 8-character, zero-padded base62 form of `millis`, so that byte order is time order."""
+    if not 0 <= millis < 62**TIME_LENGTH:
+        raise ValueError(f"{millis} ms does not fit in {TIME_LENGTH} base62 characters")
+    digits = []
+    for _ in range(TIME_LENGTH):
+        millis, digit = divmod(millis, 62)
+        digits.append(ALPHABET[digit])
+    return "".join(reversed(digits))
+
+
+def decode_millis(identifier: str) -> int:
+    """The creation time in milliseconds that an id's first 8 characters carry."""
+    millis = 0
+    for char in identifier[:TIME_LENGTH]:
+        millis = millis * 62 + _INDEX[char]
+    return millis
+
+
+def random_part(length: int = RANDOM_LENGTH) -> str:
+    """`length` characters of the base62 alphabet, uniformly random, from `secrets`."""
+    out = bytearray()
+    while len(out) < length:
+        # 248 = 4 * 62: rejecting bytes above it keeps every character equally likely
+        out.extend(_ALPHABET_BYTES[b % 62] for b in secrets.token_bytes(length + 8) if b < 248)
+    return out[:length].decode()
+
+
+def new_id(now: float | None = None) -> str:
+    """A 16-character id made from this process's clock (for ids the database does not make)."""
+    millis = int((time.time() if now is None else now) * 1000)
+    return encode_millis(millis) + random_part()
+
+
+def is_well_formed(identifier: str) -> bool:
+    return ID_PATTERN.fullmatch(identifier) is not None

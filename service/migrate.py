@@ -1,0 +1,79 @@
+"""`python -m service migrate`: create the database if needed, then apply schema.sql.
+
+Safe when several replicas start at once: the database is created by whoever gets there first
+(the others see it exists), and schema.sql runs under a session advisory lock on a connection
+of its own, so two migrators never interleave their DDL. Every statement in schema.sql is
+idempotent, so applying it again changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from service.settings import Settings
+
+logger = logging.getLogger("service.migrate")
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema.sql"
+MIGRATION_LOCK_KEY = 0x636F6E7665727361  # "conversa" in ASCII: a fixed key shared by every replica
+
+
+def schema_sql() -> str:
+    return SCHEMA_PATH.read_text(encoding="utf-8")
+
+
+def _database_name(url: str) -> str:
+    return urlsplit(url).path.lstrip("/") or "postgres"
+
+
+def _maintenance_url(url: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/postgres"))
+
+
+def _quote_identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+async def ensure_database(settings: Settings) -> bool:
+    """Create the database DATABASE_URL names if it does not exist; True if this call created it."""
+    try:
+        connection = await asyncpg.connect(settings.database_url, timeout=settings.db_connect_timeout)
+    except asyncpg.InvalidCatalogNameError:
+        pass
+    else:
+        await connection.close()
+        return False
+    name = _database_name(settings.database_url)
+    admin = await asyncpg.connect(_maintenance_url(settings.database_url), timeout=settings.db_connect_timeout)
+    try:
+        await admin.execute(f"CREATE DATABASE {_quote_identifier(name)}")
+    except asyncpg.DuplicateDatabaseError:
+        return False  # another replica created it first
+    finally:
+        await admin.close()
+    logger.info("created database %s", name)
+    return True
+
+
+async def apply_schema(settings: Settings) -> None:
+    """Run schema.sql under the migration lock (held by this session until it closes)."""
+    connection = await asyncpg.connect(settings.database_url, timeout=settings.db_connect_timeout)
+    try:
+        await connection.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+        try:
+            await connection.execute(schema_sql())
+        finally:
+            await connection.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+    finally:
+        await connection.close()
+
+
+async def migrate(settings: Settings) -> None:
+    await ensure_database(settings)
+    await apply_schema(settings)
+    logger.info("schema is up to date")

@@ -1,0 +1,92 @@
+"""Operational endpoints, outside /v1 and without a token (API.md §7): /health and /ready.
+
+/health says only that the process answers (no dependency checked: a load balancer must not
+take every replica out because the database blinked). /ready is 200 when PostgreSQL answers,
+503 otherwise; its body also reports Redis and the outbox backlog, which never fail it, since
+the API keeps working without Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import msgspec
+from litestar import Request, get
+from litestar.response.base import ASGIResponse
+
+from service.db import Database
+from service.relay import Relay, outbox_backlog
+from service.wire import encode_json
+
+READY_CHECK_SECONDS = 1.0
+
+
+class Health(msgspec.Struct):
+    status: str
+
+
+class Readiness(msgspec.Struct):
+    """What /ready found: `status` is "ready" exactly when PostgreSQL answered."""
+
+    status: str
+    postgres: str
+    redis: str
+    outbox_backlog: int | None
+    outbox_oldest_age_seconds: int | None
+    relay_is_leader: bool
+
+
+_HEALTHY = encode_json(Health(status="ok"))
+
+
+@get("/health", operation_id="health", summary="Liveness: the process answers", sync_to_thread=False,
+     tags=["operations"])
+def health() -> ASGIResponse:
+    return ASGIResponse(body=_HEALTHY, media_type="application/json")
+
+
+async def _check_postgres(db: Database, stream: str) -> tuple[int, int | None] | None:
+    try:
+        async with asyncio.timeout(READY_CHECK_SECONDS):
+            connection = await db.pool.acquire()
+            try:
+                return await outbox_backlog(connection, stream)
+            finally:
+                await db.pool.release(connection)
+    except Exception:
+        return None
+
+
+async def _check_redis(request: Request) -> bool:
+    try:
+        async with asyncio.timeout(READY_CHECK_SECONDS):
+            return bool(await request.app.state.redis.ping())
+    except Exception:
+        return False
+
+
+@get("/ready", operation_id="ready", summary="Readiness: PostgreSQL reachable (Redis and backlog reported)",
+     tags=["operations"])
+async def ready(request: Request) -> ASGIResponse:
+    state = request.app.state
+    backlog, redis_ok = await asyncio.gather(_check_postgres(state.db, state.settings.events_stream),
+                                             _check_redis(request))
+    relay: Relay = state.relay
+    oldest_age = None
+    if backlog is not None and backlog[1] is not None:
+        oldest_age = max(0, int(time.time()) - backlog[1])
+    report = Readiness(
+        status="ready" if backlog is not None else "unavailable",
+        postgres="ok" if backlog is not None else "unreachable",
+        redis="ok" if redis_ok else "unreachable",
+        outbox_backlog=None if backlog is None else backlog[0],
+        outbox_oldest_age_seconds=oldest_age,
+        relay_is_leader=relay.stats.is_leader,
+    )
+    headers = None if backlog is not None else {"Retry-After": "1"}
+    return ASGIResponse(body=encode_json(report), media_type="application/json",
+                        status_code=200 if backlog is not None else 503, headers=headers)
+
+
+OPERATION_HANDLERS = [health, ready]

@@ -1,0 +1,37 @@
+"""`python -m service serve`: migrate, then run the app on uvicorn (uvloop + httptools).
+
+uvicorn was chosen over granian by measurement (README.md, "Performance"). Shutdown on SIGTERM
+is bounded by SHUTDOWN_TIMEOUT: half of it for in-flight requests to finish, then the lifespan
+flushes the relay within a share of the rest and closes the pools.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import uvicorn
+
+from service.migrate import migrate
+from service.settings import Settings
+
+APP_FACTORY = "service.app:app_from_environment"
+
+
+def serve(settings: Settings, *, migrate_first: bool = True, workers: int | None = None) -> int:
+    if migrate_first:
+        asyncio.run(migrate(settings))
+    uvicorn.run(
+        APP_FACTORY,
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=workers or settings.worker_count,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        server_header=False,
+        timeout_graceful_shutdown=settings.shutdown_timeout / 2,
+    )
+    return 0

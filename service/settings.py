@@ -1,0 +1,135 @@
+"""The service's configuration: read from the environment once, at start-up, into a frozen Struct.
+
+Nothing else in the package reads `os.environ`; tests build a `Settings` directly. The
+variables and defaults of API.md §7 come first, then the tuning knobs this implementation adds
+(all documented in README.md, "Configuration").
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import msgspec
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the service cannot use."""
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything the service is configured with; see README.md for each variable."""
+
+    database_url: str = "postgresql://postgres@localhost:5432/conversations"
+    redis_url: str = "redis://localhost:6379/0"
+    events_stream: str = "conversations:events"
+    # The relay's lock and LISTEN connection: must reach PostgreSQL directly (no transaction
+    # pooler), so it has its own URL. Empty means DATABASE_URL.
+    relay_database_url: str = ""
+    events_maxlen: int = 1_000_000
+    events_hard_maxlen: int = 10_000_000
+    host: str = "0.0.0.0"  # noqa: S104 - a container's server listens on every interface
+    port: int = 8000
+    log_level: str = "info"
+
+    workers: int = 0  # 0: one per CPU
+    db_pool_size: int = 10
+    db_connect_timeout: float = 5.0
+    db_acquire_timeout: float = 5.0
+    db_statement_timeout: float = 10.0
+    redis_timeout: float = 2.0
+    shutdown_timeout: float = 20.0
+    token_cache_seconds: float = 5.0
+
+    @property
+    def relay_url(self) -> str:
+        return self.relay_database_url or self.database_url
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or os.cpu_count() or 1
+
+
+def _positive_int(name: str, raw: str) -> int:
+    if not raw.isdigit() or int(raw) < 1:
+        raise SettingsError(f"{name} must be a positive integer, got {raw!r}")
+    return int(raw)
+
+
+def _non_negative_int(name: str, raw: str) -> int:
+    if not raw.isdigit():
+        raise SettingsError(f"{name} must be a non-negative integer, got {raw!r}")
+    return int(raw)
+
+
+def _positive_float(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 86400:
+        raise SettingsError(f"{name} must be a number of seconds above 0, got {raw!r}")
+    return value
+
+
+def _port(name: str, raw: str) -> int:
+    value = _non_negative_int(name, raw)
+    if value > 65535:
+        raise SettingsError(f"{name} must be a TCP port (0 to 65535), got {raw!r}")
+    return value
+
+
+def _log_level(name: str, raw: str) -> str:
+    if raw.lower() not in LOG_LEVELS:
+        raise SettingsError(f"{name} must be one of {', '.join(LOG_LEVELS)}, got {raw!r}")
+    return raw.lower()
+
+
+def _text(name: str, raw: str) -> str:
+    if not raw:
+        raise SettingsError(f"{name} must not be empty")
+    return raw
+
+
+def _optional_text(name: str, raw: str) -> str:
+    return raw
+
+
+# environment variable -> (Settings field, parser)
+_VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
+    "DATABASE_URL": ("database_url", _text),
+    "REDIS_URL": ("redis_url", _text),
+    "EVENTS_STREAM": ("events_stream", _text),
+    "RELAY_DATABASE_URL": ("relay_database_url", _optional_text),
+    "EVENTS_MAXLEN": ("events_maxlen", _positive_int),
+    "EVENTS_HARD_MAXLEN": ("events_hard_maxlen", _positive_int),
+    "HOST": ("host", _text),
+    "PORT": ("port", _port),
+    "LOG_LEVEL": ("log_level", _log_level),
+    "WORKERS": ("workers", _non_negative_int),
+    "DB_POOL_SIZE": ("db_pool_size", _positive_int),
+    "DB_CONNECT_TIMEOUT": ("db_connect_timeout", _positive_float),
+    "DB_ACQUIRE_TIMEOUT": ("db_acquire_timeout", _positive_float),
+    "DB_STATEMENT_TIMEOUT": ("db_statement_timeout", _positive_float),
+    "REDIS_TIMEOUT": ("redis_timeout", _positive_float),
+    "SHUTDOWN_TIMEOUT": ("shutdown_timeout", _positive_float),
+}
+
+ENVIRONMENT_VARIABLES = tuple(_VARIABLES)
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build the Settings from `environ` (default: the process environment), checking every value."""
+    source = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for variable, (field, parse) in _VARIABLES.items():
+        raw = source.get(variable)
+        if raw is not None:
+            values[field] = parse(variable, raw.strip())
+    settings = Settings(**values)
+    if settings.events_hard_maxlen < settings.events_maxlen:
+        raise SettingsError("EVENTS_HARD_MAXLEN must be at least EVENTS_MAXLEN")
+    return settings

@@ -1,0 +1,253 @@
+"""What crosses the wire: request, response and error Structs, and the strict decoders for them.
+
+Bodies arrive as JSON or as form data (API.md §2: the seed's `curl -d` sends a form), query
+strings as form-encoded pairs; all three are decoded into the same Structs with the same rules,
+and every failure becomes an `InvalidRequest` naming the attribute with a sentence a developer
+can act on. No I/O here.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from typing import Annotated, Any, TypeVar
+from urllib.parse import parse_qsl
+
+import msgspec
+from msgspec import UNSET, Meta, UnsetType
+
+from service.errors import InvalidRequest, UnsupportedMediaType
+
+MAX_TIMESTAMP = 253402300799  # 9999-12-31T23:59:59Z
+MAX_QUERY_ATTRIBUTES = 32
+
+# `$` would accept a trailing newline (Python's `re.search` semantics, which msgspec uses);
+# `(?![\s\S])` anchors the true end and reads the same in Python and in JSON Schema's ECMA regex.
+ForeignId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}(?![\s\S])", examples=["WAz8eIbvDR60rouK"])]
+ConversationId = Annotated[str, Meta(pattern=r"^[0-9A-Za-z]{16}(?![\s\S])", examples=["xgQQXg3hrtjh7AvZ"])]
+Timestamp = Annotated[int, Meta(ge=0, le=MAX_TIMESTAMP, examples=[705103200])]
+Limit = Annotated[int, Meta(ge=1, le=100)]
+
+CONVERSATION_ID = re.compile(r"[0-9A-Za-z]{16}")
+
+# ------------------------------------------------------------------------------------- responses
+
+
+class Conversation(msgspec.Struct):
+    """A conversation as the API returns it; the field order is the wire order (API.md §1)."""
+
+    id: str
+    contact_id: str | None
+    group_id: str | None
+    pinned_message_id: str | None
+    is_pinned: bool
+    is_muted: bool
+    last_active_at: int | None
+    last_opened_at: int | None
+    created_at: int
+    archived_at: int | None
+
+
+CONVERSATION_FIELDS = Conversation.__struct_fields__
+
+
+class ConversationPage(msgspec.Struct):
+    """One page of a list (API.md §3)."""
+
+    has_more: bool
+    data: list[Conversation]
+
+
+# -------------------------------------------------------------------------------------- requests
+
+
+class RequestAttributes(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Base of every request body and query.
+
+    `forbid_unknown_fields`: an unknown attribute (a typo such as `is_mute`) is a 400 naming it,
+    never silently ignored. Fields that may be absent default to `UNSET`, so "not given" stays
+    distinct from an explicit `null` (which clears a nullable field).
+    """
+
+
+class ConversationCreate(RequestAttributes):
+    """POST /v1/conversations: exactly one of the two (checked by the rules, not the type)."""
+
+    contact_id: ForeignId | None = None
+    group_id: ForeignId | None = None
+
+
+class ConversationUpdate(RequestAttributes):
+    """PUT/PATCH /v1/conversations/{id}: any subset; `null` clears a nullable field."""
+
+    pinned_message_id: ForeignId | None | UnsetType = UNSET
+    is_pinned: bool | UnsetType = UNSET
+    is_muted: bool | UnsetType = UNSET
+    archived_at: Timestamp | None | UnsetType = UNSET
+    last_opened_at: Timestamp | None | UnsetType = UNSET
+    last_active_at: Timestamp | None | UnsetType = UNSET
+
+
+class NoAttributes(RequestAttributes):
+    """Calls that take no attributes (retrieve, delete): anything given is unknown."""
+
+
+class ListParams(RequestAttributes):
+    """GET /v1/conversations query attributes (API.md §3)."""
+
+    limit: Limit = 10
+    muted: bool | UnsetType = UNSET
+    pinned: bool | UnsetType = UNSET
+    archived: bool | UnsetType = UNSET
+    contact_id: ForeignId | UnsetType = UNSET
+    group_id: ForeignId | UnsetType = UNSET
+    starting_after: ConversationId | UnsetType = UNSET
+    ending_before: ConversationId | UnsetType = UNSET
+
+
+# What each attribute must be, as the end of a sentence "<attribute> must be ...".
+_FOREIGN_ID_RULE = "a string of 1 to 64 characters from A-Z, a-z, 0-9, '_' and '-'"
+_TIMESTAMP_RULE = f"an integer Unix timestamp from 0 to {MAX_TIMESTAMP}"
+ATTRIBUTE_RULES: dict[str, str] = {
+    "contact_id": _FOREIGN_ID_RULE,
+    "group_id": _FOREIGN_ID_RULE,
+    "pinned_message_id": _FOREIGN_ID_RULE + ", or null",
+    "is_pinned": "true or false",
+    "is_muted": "true or false",
+    "archived_at": _TIMESTAMP_RULE + ", or null",
+    "last_opened_at": _TIMESTAMP_RULE + ", or null",
+    "last_active_at": _TIMESTAMP_RULE + ", or null",
+    "limit": "an integer between 1 and 100",
+    "muted": "true or false",
+    "pinned": "true or false",
+    "archived": "true or false",
+    "starting_after": "a conversation id (16 characters from A-Z, a-z and 0-9)",
+    "ending_before": "a conversation id (16 characters from A-Z, a-z and 0-9)",
+}
+
+T = TypeVar("T", bound=RequestAttributes)
+
+_AT_PATH = re.compile(r"at `\$\.([A-Za-z0-9_]+)`")
+_UNKNOWN_FIELD = re.compile(r"unknown field `(.*)`", re.DOTALL)
+
+
+def translate_validation_error(error: msgspec.MsgspecError, struct_type: type[RequestAttributes]) -> InvalidRequest:
+    """Turn msgspec's message (its only error interface) into the contract's sentence and param."""
+    text = str(error)
+    if match := _UNKNOWN_FIELD.search(text):
+        name = match.group(1)
+        accepted = ", ".join(struct_type.__struct_fields__) or "no attributes"
+        return InvalidRequest(f"{name[:100]!r} is not an attribute of this call; it accepts: {accepted}",
+                              param=name[:100])
+    if match := _AT_PATH.search(text):
+        name = match.group(1)
+        rule = ATTRIBUTE_RULES.get(name, "of another type")
+        return InvalidRequest(f"{name} must be {rule}", param=name)
+    if isinstance(error, msgspec.DecodeError):
+        return InvalidRequest("the request body is not valid JSON")
+    return InvalidRequest("the request body must be a JSON object")
+
+
+@cache
+def _json_decoder(struct_type: type[T]) -> msgspec.json.Decoder[T]:
+    return msgspec.json.Decoder(struct_type)
+
+
+class _FieldKinds(msgspec.Struct, frozen=True):
+    takes_bool: bool
+    takes_int: bool
+    takes_null: bool
+
+
+@cache
+def _field_kinds(struct_type: type[RequestAttributes]) -> dict[str, _FieldKinds]:
+    """Which JSON kinds each field accepts, read once from the Struct's type information."""
+    kinds: dict[str, _FieldKinds] = {}
+    for field in msgspec.inspect.type_info(struct_type).fields:  # type: ignore[attr-defined]
+        members = field.type.types if isinstance(field.type, msgspec.inspect.UnionType) else (field.type,)
+        kinds[field.name] = _FieldKinds(
+            takes_bool=any(isinstance(m, msgspec.inspect.BoolType) for m in members),
+            takes_int=any(isinstance(m, msgspec.inspect.IntType) for m in members),
+            takes_null=any(isinstance(m, msgspec.inspect.NoneType) for m in members),
+        )
+    return kinds
+
+
+_DIGITS = re.compile(r"[0-9]{1,20}")
+_TOO_BIG = 10**20  # stands for any longer run of digits: out of every range, never a huge int()
+
+
+def _typed_value(value: str, kinds: _FieldKinds | None) -> Any:
+    """A form value as the JSON value it spells, where the field accepts that kind (API.md §2)."""
+    if kinds is None:
+        return value
+    if kinds.takes_bool and value in ("true", "false"):
+        return value == "true"
+    if kinds.takes_int and value.isascii() and value.isdigit():
+        return int(value) if _DIGITS.fullmatch(value) else _TOO_BIG
+    if kinds.takes_null and value == "":
+        return None
+    return value
+
+
+def decode_pairs(pairs: list[tuple[str, str]], struct_type: type[T]) -> T:
+    """Decode form or query pairs with the same strictness as JSON: one key once, typed values."""
+    kinds = _field_kinds(struct_type)
+    values: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in values:
+            raise InvalidRequest(f"{key[:100]} is given more than once", param=key[:100])
+        values[key] = _typed_value(value, kinds.get(key))
+    try:
+        return msgspec.convert(values, struct_type, strict=True)
+    except msgspec.ValidationError as error:
+        raise translate_validation_error(error, struct_type) from None
+
+
+def _parse_pairs(encoded: str, what: str) -> list[tuple[str, str]]:
+    try:
+        return parse_qsl(encoded, keep_blank_values=True, encoding="utf-8", errors="strict",
+                         max_num_fields=MAX_QUERY_ATTRIBUTES)
+    except UnicodeDecodeError:
+        raise InvalidRequest(f"the {what} must be UTF-8 once percent-decoded") from None
+    except ValueError:
+        raise InvalidRequest(f"the {what} has more than {MAX_QUERY_ATTRIBUTES} attributes") from None
+
+
+def decode_query(query_string: bytes, struct_type: type[T]) -> T:
+    """Decode a raw ASGI query string into `struct_type` (an empty one gives the defaults)."""
+    if not query_string:
+        return struct_type()
+    try:
+        encoded = query_string.decode("ascii")
+    except UnicodeDecodeError:
+        raise InvalidRequest("the query string must be percent-encoded ASCII") from None
+    return decode_pairs(_parse_pairs(encoded, "query string"), struct_type)
+
+
+JSON_MEDIA_TYPE = "application/json"
+FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
+
+
+def decode_body(body: bytes, content_type: str | None, struct_type: type[T]) -> T:
+    """Decode a request body sent as JSON or as form data; an empty body is an empty object."""
+    if not body:
+        return struct_type()
+    media_type = (content_type or "").partition(";")[0].strip().lower()
+    if media_type == JSON_MEDIA_TYPE:
+        try:
+            return _json_decoder(struct_type).decode(body)
+        except (msgspec.ValidationError, msgspec.DecodeError) as error:
+            raise translate_validation_error(error, struct_type) from None
+    if media_type == FORM_MEDIA_TYPE:
+        try:
+            encoded = body.decode("ascii")
+        except UnicodeDecodeError:
+            raise InvalidRequest("a form body must be percent-encoded ASCII") from None
+        return decode_pairs(_parse_pairs(encoded, "form body"), struct_type)
+    raise UnsupportedMediaType(
+        f"send the body as {JSON_MEDIA_TYPE} or {FORM_MEDIA_TYPE}, not {media_type or 'without a Content-Type'}"
+    )
+
+
+encode_json = msgspec.json.Encoder().encode
