@@ -75,6 +75,7 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> Litestar:
         exception_handlers={Exception: render_error},
         request_max_body_size=MAX_BODY_BYTES,
         openapi_config=None,
+        logging_config=None,  # logging is observability.py's, set up once per process
         debug=False,
     )
 

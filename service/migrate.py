@@ -51,11 +51,14 @@ async def ensure_database(settings: Settings) -> bool:
     name = _database_name(settings.database_url)
     admin = await asyncpg.connect(_maintenance_url(settings.database_url), timeout=settings.db_connect_timeout)
     try:
+        # Replicas starting together take turns (concurrent CREATE DATABASE of one name fails
+        # with a unique violation in the catalog, not with "already exists").
+        await admin.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+        if await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            return False
         await admin.execute(f"CREATE DATABASE {_quote_identifier(name)}")
-    except asyncpg.DuplicateDatabaseError:
-        return False  # another replica created it first
     finally:
-        await admin.close()
+        await admin.close()  # ends the session, and with it the lock
     logger.info("created database %s", name)
     return True
 

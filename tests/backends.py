@@ -28,7 +28,7 @@ def docker_engine_reachable() -> bool:
             return bool(client.ping())
         finally:
             client.close()
-    except Exception:  # noqa: BLE001 - any failure means "no engine here"
+    except Exception:
         return False
 
 

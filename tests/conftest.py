@@ -139,7 +139,7 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
     await connection.close()
 
 
-async def wait_for(condition, timeout: float = 5.0, interval: float = 0.02):  # noqa: ANN001, ANN201
+async def wait_for(condition, timeout: float = 5.0, interval: float = 0.02):
     """Poll `condition()` (sync or async) until it returns a truthy value or `timeout` passes."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:

@@ -1,0 +1,103 @@
+"""API.md §4: 503 with Retry-After when PostgreSQL is unreachable, 500 without details otherwise."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import msgspec
+import pytest
+
+from service.app import create_app
+from service.migrate import migrate
+from service.settings import Settings
+from tests.asgi import Lifespan, client_for
+from tests.conftest import Account, Backends, database_url_for, drop_database, new_account, wait_for
+from tests.tcp_proxy import TcpProxy
+
+
+@pytest.fixture
+async def proxy(settings: Settings) -> AsyncIterator[TcpProxy]:
+    target = urlsplit(settings.database_url)
+    tcp_proxy = await TcpProxy(target.hostname or "127.0.0.1", target.port or 5432).start()
+    yield tcp_proxy
+    await tcp_proxy.close()
+
+
+def through(settings: Settings, proxy: TcpProxy) -> Settings:
+    """The same settings, with the request pool (not the relay) reaching PostgreSQL via `proxy`."""
+    target = urlsplit(settings.database_url)
+    proxied = urlunsplit(target._replace(netloc=f"{target.username}@127.0.0.1:{proxy.port}"))
+    return msgspec.structs.replace(settings, database_url=proxied, relay_database_url=settings.database_url,
+                                   db_connect_timeout=1.0, db_acquire_timeout=2.0, db_statement_timeout=2.0)
+
+
+async def test_calls_answer_503_with_retry_after_while_postgres_is_unreachable_and_recover(
+        settings: Settings, account: Account, proxy: TcpProxy):
+    async with Lifespan(app := create_app(through(settings, proxy))), client_for(app, account.token) as api:
+        created = await api.post("/v1/conversations", json={"contact_id": "before_the_outage"})
+        assert created.status_code == 201
+        path = f"/v1/conversations/{created.json()['id']}"
+        await proxy.cut()
+        for method, url, body in [("GET", path, None), ("GET", "/v1/conversations", None),
+                                  ("PUT", path, {"is_muted": True}), ("POST", "/v1/conversations",
+                                                                       {"contact_id": "during"})]:
+            started = time.monotonic()
+            response = await api.request(method, url, json=body)
+            assert time.monotonic() - started < 5
+            assert response.status_code == 503, response.text
+            assert response.headers["retry-after"] == "1"
+            assert response.json() == {"type": "api_error", "message": response.json()["message"], "param": None}
+        ready = await api.get("/ready")
+        assert ready.status_code == 503 and ready.json()["postgres"] == "unreachable"
+        assert (await api.get("/health")).status_code == 200
+        await proxy.restore()
+        recovered_at = time.monotonic()
+        await wait_for(lambda: _status(api, path, 200), timeout=10)
+        assert time.monotonic() - recovered_at < 10
+        assert (await api.get("/ready")).status_code == 200
+
+
+async def _status(api, path: str, expected: int) -> bool:
+    return (await api.get(path)).status_code == expected
+
+
+async def test_an_unknown_token_during_an_outage_is_503_not_401(settings: Settings, proxy: TcpProxy):
+    async with Lifespan(app := create_app(through(settings, proxy))), client_for(app, "cvk_unknown") as api:
+        await proxy.cut()
+        response = await api.get("/v1/conversations")
+        assert response.status_code == 503  # we cannot tell a bad token from a good one right now
+
+
+@pytest.fixture
+async def broken_database(backend_urls: Backends) -> AsyncIterator[str]:
+    """A migrated database whose conversations table has been renamed away: every query fails."""
+    name = f"conversations_broken_{uuid.uuid4().hex[:10]}"
+    url = database_url_for(backend_urls.admin_database_url, name)
+    await migrate(Settings(database_url=url))
+    yield url
+    await drop_database(backend_urls.admin_database_url, name)
+
+
+async def test_an_unexpected_error_is_a_500_without_details_and_logged_with_its_traceback(
+        settings: Settings, broken_database: str, caplog):
+    settings = msgspec.structs.replace(settings, database_url=broken_database)
+    account = await new_account(settings)
+    connection = await asyncpg.connect(broken_database)
+    await connection.execute("ALTER TABLE conversations RENAME TO conversations_moved")
+    await connection.close()
+    caplog.set_level(logging.ERROR, logger="service.app")
+    async with Lifespan(app := create_app(settings)), client_for(app, account.token) as api:
+        response = await api.get("/v1/conversations")
+    assert response.status_code == 500
+    assert response.json() == {"type": "api_error",
+                               "message": "an unexpected error occurred on our side; it has been logged",
+                               "param": None}
+    assert "conversations" not in response.text and "SELECT" not in response.text
+    [record] = [r for r in caplog.records if r.name == "service.app"]
+    assert record.exc_info is not None and "UndefinedTable" in type(record.exc_info[1]).__name__
+    assert "/v1/conversations" in record.getMessage()

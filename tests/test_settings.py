@@ -1,0 +1,46 @@
+"""API.md §7: configuration by environment variable only, with the contract's defaults."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.settings import Settings, SettingsError, load_settings
+
+
+def test_defaults_are_the_contracts():
+    settings = load_settings({})
+    assert settings.database_url == "postgresql://postgres@localhost:5432/conversations"
+    assert settings.redis_url == "redis://localhost:6379/0"
+    assert settings.events_stream == "conversations:events"
+    assert settings.relay_url == settings.database_url
+    assert settings.events_maxlen == 1_000_000
+    assert settings.events_hard_maxlen == 10_000_000
+    assert (settings.host, settings.port) == ("0.0.0.0", 8000)
+    assert settings.log_level == "info"
+
+
+def test_every_contract_variable_is_read():
+    settings = load_settings({
+        "DATABASE_URL": "postgresql://u@db:5432/x", "REDIS_URL": "redis://r:6379/2", "EVENTS_STREAM": "s",
+        "RELAY_DATABASE_URL": "postgresql://u@direct:5432/x", "EVENTS_MAXLEN": "10",
+        "EVENTS_HARD_MAXLEN": "20", "HOST": "127.0.0.1", "PORT": "9000", "LOG_LEVEL": "WARNING",
+    })
+    assert settings == Settings(database_url="postgresql://u@db:5432/x", redis_url="redis://r:6379/2",
+                                events_stream="s", relay_database_url="postgresql://u@direct:5432/x",
+                                events_maxlen=10, events_hard_maxlen=20, host="127.0.0.1", port=9000,
+                                log_level="warning")
+    assert settings.relay_url == "postgresql://u@direct:5432/x"
+
+
+@pytest.mark.parametrize(("variable", "value"), [
+    ("PORT", "eighty"), ("PORT", "70000"), ("EVENTS_MAXLEN", "0"), ("EVENTS_MAXLEN", "-5"),
+    ("LOG_LEVEL", "loud"), ("DATABASE_URL", ""), ("DB_ACQUIRE_TIMEOUT", "0"), ("WORKERS", "two"),
+])
+def test_a_bad_value_is_refused_naming_its_variable(variable: str, value: str):
+    with pytest.raises(SettingsError, match=variable):
+        load_settings({variable: value})
+
+
+def test_the_hard_maximum_cannot_be_below_the_retention_length():
+    with pytest.raises(SettingsError, match="EVENTS_HARD_MAXLEN"):
+        load_settings({"EVENTS_MAXLEN": "100", "EVENTS_HARD_MAXLEN": "10"})
