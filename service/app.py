@@ -9,18 +9,21 @@ No SQL and no request parsing here.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
+import asyncpg
 from litestar import Litestar, Request, Response, Router
 
+from service import metrics
 from service.auth import TokenAuthenticator, require_account
 from service.conversations import Conversations
 from service.db import Database, create_pool
 from service.errors import InternalError, as_api_error, encode_error
 from service.handlers import CONVERSATION_HANDLERS
-from service.observability import configure_logging
+from service.observability import RequestObserver, configure_logging
 from service.operations import OPERATION_HANDLERS
 from service.redis_client import create_redis
 from service.relay import Relay
@@ -29,6 +32,7 @@ from service.settings import Settings, load_settings
 logger = logging.getLogger("service.app")
 
 MAX_BODY_BYTES = 64 * 1024
+POOL_SAMPLE_SECONDS = 1.0
 
 
 def render_error(request: Request, error: Exception) -> Response:
@@ -41,7 +45,16 @@ def render_error(request: Request, error: Exception) -> Response:
                     media_type="application/json", headers=api_error.headers or None)
 
 
-def _lifespan(settings: Settings, run_relay: bool):
+async def _sample_pool(pool: asyncpg.Pool) -> None:
+    """Publish this worker's pool usage once a second (the gauge sums live workers)."""
+    while True:
+        size = pool.get_size()
+        metrics.POOL_SIZE.set(size)
+        metrics.POOL_IN_USE.set(size - pool.get_idle_size())
+        await asyncio.sleep(POOL_SAMPLE_SECONDS)
+
+
+def _lifespan(settings: Settings, run_relay: bool) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def resources(app: Litestar) -> AsyncIterator[None]:
         pool = await create_pool(settings)
@@ -56,20 +69,26 @@ def _lifespan(settings: Settings, run_relay: bool):
         app.state.conversations = Conversations(db, settings.events_stream)
         if run_relay:
             relay.start()
+        sampler = asyncio.create_task(_sample_pool(pool), name="pool-sampler")
         try:
             yield
         finally:
+            sampler.cancel()
             await relay.stop(flush_seconds=settings.shutdown_timeout * 0.4)
             await redis.aclose()
             await pool.close()
+            metrics.forget_this_process()
 
     return resources
 
 
-def create_app(settings: Settings, *, run_relay: bool = True) -> Litestar:
-    """The application for `settings` (`run_relay=False` for tests that drive the relay themselves)."""
+def create_app(settings: Settings, *, run_relay: bool = True) -> RequestObserver:
+    """The application for `settings`, wrapped in its request observer (ids, metrics, logs).
+
+    `run_relay=False` is for tests that drive the relay themselves.
+    """
     v1 = Router(path="/v1", route_handlers=CONVERSATION_HANDLERS, guards=[require_account])
-    return Litestar(
+    return RequestObserver(Litestar(
         route_handlers=[v1, *OPERATION_HANDLERS],
         lifespan=[_lifespan(settings, run_relay)],
         exception_handlers={Exception: render_error},
@@ -77,10 +96,10 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> Litestar:
         openapi_config=None,
         logging_config=None,  # logging is observability.py's, set up once per process
         debug=False,
-    )
+    ))
 
 
-def app_from_environment() -> Litestar:
+def app_from_environment() -> RequestObserver:
     """The ASGI server's factory: one app per worker, configured from the environment."""
     settings = load_settings()
     configure_logging(settings.log_level)  # workers are fresh interpreters: configure each

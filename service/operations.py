@@ -15,6 +15,7 @@ import msgspec
 from litestar import Request, get
 from litestar.response.base import ASGIResponse
 
+from service import metrics
 from service.db import Database
 from service.relay import Relay, outbox_backlog
 from service.wire import encode_json
@@ -54,7 +55,7 @@ async def _check_postgres(db: Database, stream: str) -> tuple[int, int | None] |
                 return await outbox_backlog(connection, stream)
             finally:
                 await db.pool.release(connection)
-    except Exception:
+    except Exception:  # any failure at all means "not ready", which is the answer
         return None
 
 
@@ -62,7 +63,7 @@ async def _check_redis(request: Request) -> bool:
     try:
         async with asyncio.timeout(READY_CHECK_SECONDS):
             return bool(await request.app.state.redis.ping())
-    except Exception:
+    except Exception:  # any failure at all means "unreachable", which is the answer
         return False
 
 
@@ -89,4 +90,13 @@ async def ready(request: Request) -> ASGIResponse:
                         status_code=200 if backlog is not None else 503, headers=headers)
 
 
-OPERATION_HANDLERS = [health, ready]
+@get("/metrics", operation_id="metrics", summary="Prometheus metrics, summed over every worker",
+     tags=["operations"], media_type=metrics.CONTENT_TYPE)
+async def metrics_endpoint(request: Request) -> ASGIResponse:
+    state = request.app.state
+    backlog = await _check_postgres(state.db, state.settings.events_stream)
+    families = await metrics.scrape_families(backlog, state.redis, state.settings.events_stream)
+    return ASGIResponse(body=metrics.render(families), media_type=metrics.CONTENT_TYPE)
+
+
+OPERATION_HANDLERS = [health, ready, metrics_endpoint]

@@ -38,6 +38,7 @@ from redis.exceptions import RedisError
 
 from service.db import is_unavailable
 from service.events import STREAM_FIELDS
+from service.metrics import EVENTS_PUBLISHED, UNREAD_DROPPED
 from service.queries import OUTBOX_CHANNEL
 from service.redis_client import Durability, detect_durability
 from service.settings import Settings
@@ -257,7 +258,7 @@ class Relay:
             # Closing the session releases the advisory lock.
             try:
                 await asyncio.wait_for(connection.close(), timeout=2.0)
-            except Exception:
+            except Exception:  # a dead socket cannot close cleanly
                 connection.terminate()
 
     # ----------------------------------------------------------------------------- publishing
@@ -278,6 +279,7 @@ class Relay:
             raise NotPersisted("WAITAOF: the batch was not fsynced to the append-only file in time")
         await connection.execute(DELETE_PUBLISHED, self._stream, [row["position"] for row in rows])
         self.stats.events_published += len(rows)
+        EVENTS_PUBLISHED.inc(len(rows))
         self.stats.last_publish_at = time.time()
         if self.stats.redis_failing_since is not None:
             logger.info("Redis is back; the relay is publishing again")
@@ -344,6 +346,7 @@ class Relay:
         if length > self._settings.events_hard_maxlen:
             dropped = await self._redis.xtrim(stream, maxlen=self._settings.events_hard_maxlen, approximate=False)
             self.stats.unread_dropped += dropped
+            UNREAD_DROPPED.inc(dropped)
             logger.error("stream %s exceeded EVENTS_HARD_MAXLEN (%d): dropped %d entries no consumer group "
                          "has acknowledged yet", stream, self._settings.events_hard_maxlen, dropped)
             length -= dropped

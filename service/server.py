@@ -8,6 +8,8 @@ flushes the relay within a share of the rest and closes the pools.
 from __future__ import annotations
 
 import asyncio
+import os
+import tempfile
 
 import uvicorn
 
@@ -20,12 +22,17 @@ APP_FACTORY = "service.app:app_from_environment"
 def serve(settings: Settings, *, migrate_first: bool = True, workers: int | None = None) -> int:
     if migrate_first:
         asyncio.run(migrate(settings))
+    worker_count = workers or settings.worker_count
+    if worker_count > 1:
+        # Each worker is a fresh interpreter that inherits this before importing
+        # prometheus_client, so their metrics land in one directory that any worker can sum up.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="conversations-metrics-")
     uvicorn.run(
         APP_FACTORY,
         factory=True,
         host=settings.host,
         port=settings.port,
-        workers=workers or settings.worker_count,
+        workers=worker_count,
         loop="uvloop",
         http="httptools",
         lifespan="on",

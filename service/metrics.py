@@ -1,0 +1,122 @@
+"""Prometheus metrics (API.md §7), one view across every worker of `serve`.
+
+Per-process counters and histograms use prometheus_client; `serve` points
+PROMETHEUS_MULTIPROC_DIR at a fresh directory before the workers start, so each worker writes
+its values there and a scrape, whichever worker answers it, adds them all up
+(MultiProcessCollector). Facts that belong to no worker (outbox backlog, stream length,
+consumer-group lag) are read from PostgreSQL and Redis at scrape time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.registry import REGISTRY, Collector
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+SCRAPE_CHECK_SECONDS = 1.0
+
+REQUESTS = Counter("conversations_http_requests_total",
+                   "HTTP requests served, by method, route template and status.",
+                   ["method", "route", "status"])
+REQUEST_SECONDS = Histogram("conversations_http_request_duration_seconds",
+                            "Time from the request's arrival to the end of its response, by method and route.",
+                            ["method", "route"],
+                            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
+EVENTS_PUBLISHED = Counter("conversations_events_published_total",
+                           "Events the relay put on the stream (and removed from the outbox).")
+UNREAD_DROPPED = Counter("conversations_stream_unread_dropped_total",
+                         "Stream entries a consumer group had not acknowledged, dropped past EVENTS_HARD_MAXLEN.")
+POOL_IN_USE = Gauge("conversations_db_pool_connections_in_use",
+                    "Request-pool connections checked out, summed over live workers.",
+                    multiprocess_mode="livesum")
+POOL_SIZE = Gauge("conversations_db_pool_connections",
+                  "Request-pool connections open, summed over live workers.", multiprocess_mode="livesum")
+
+_request_series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+
+def observe_request(method: str, route: str, status: int, seconds: float) -> None:
+    """Count one request and its latency (children cached: labels() is a lock and a lookup)."""
+    key = (method, route, status)
+    series = _request_series.get(key)
+    if series is None:
+        series = _request_series[key] = (REQUESTS.labels(method, route, str(status)),
+                                         REQUEST_SECONDS.labels(method, route))
+    series[0].inc()
+    series[1].observe(seconds)
+
+
+def is_multiprocess() -> bool:
+    """Whether values live in PROMETHEUS_MULTIPROC_DIR (decided when prometheus_client was imported)."""
+    return values.ValueClass is not values.MutexValue
+
+
+def forget_this_process() -> None:
+    """On a worker's shutdown: its live gauges stop counting."""
+    if is_multiprocess():
+        mark_process_dead(os.getpid())
+
+
+class _Snapshot(Collector):
+    """Gauges measured once, at scrape time."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._families
+
+
+def _gauge(name: str, documentation: str, value: float | None) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, documentation)
+    if value is not None:
+        family.add_metric([], value)
+    return family
+
+
+async def scrape_families(db_backlog: tuple[int, int | None] | None, redis: Redis, stream: str) -> list[Metric]:
+    """The scrape-time gauges: outbox backlog and age (from `db_backlog`), stream and groups (Redis)."""
+    backlog, oldest = db_backlog if db_backlog is not None else (None, None)
+    families = [
+        _gauge("conversations_outbox_backlog", "Events committed but not yet on the stream.", backlog),
+        _gauge("conversations_outbox_oldest_age_seconds", "Age of the oldest unpublished event (0 if none).",
+               None if backlog is None else (max(0, int(time.time()) - oldest) if oldest is not None else 0)),
+    ]
+    length: int | None = None
+    lag = GaugeMetricFamily("conversations_consumer_group_lag",
+                            "Entries not yet delivered to the group.", labels=["group"])
+    pending = GaugeMetricFamily("conversations_consumer_group_pending",
+                                "Entries delivered to the group but not acknowledged.", labels=["group"])
+    try:
+        async with asyncio.timeout(SCRAPE_CHECK_SECONDS):
+            length = int(await redis.xlen(stream))
+            groups = await redis.xinfo_groups(stream) if length else []
+        for group in groups:
+            lag.add_metric([str(group["name"])], float(group.get("lag") or 0))
+            pending.add_metric([str(group["name"])], float(group["pending"]))
+    except (RedisError, OSError):  # Redis down: those gauges are absent from this scrape
+        length = None
+    families += [_gauge("conversations_stream_length", "Entries in the event stream.", length), lag, pending]
+    return families
+
+
+def render(families: Iterable[Metric]) -> bytes:
+    """The whole exposition: every worker's series, then the scrape-time gauges."""
+    if is_multiprocess():
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        body = generate_latest(registry)
+    else:
+        body = generate_latest(REGISTRY)
+    snapshot = CollectorRegistry()
+    snapshot.register(_Snapshot(list(families)))
+    return body + generate_latest(snapshot)
