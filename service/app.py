@@ -24,6 +24,7 @@ from service.db import Database, create_pool
 from service.errors import InternalError, as_api_error, encode_error
 from service.handlers import CONVERSATION_HANDLERS
 from service.observability import RequestObserver, configure_logging
+from service.openapi import SCHEMA_HANDLERS
 from service.operations import OPERATION_HANDLERS
 from service.redis_client import create_redis
 from service.relay import Relay
@@ -89,11 +90,11 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> RequestObserver
     """
     v1 = Router(path="/v1", route_handlers=CONVERSATION_HANDLERS, guards=[require_account])
     return RequestObserver(Litestar(
-        route_handlers=[v1, *OPERATION_HANDLERS],
+        route_handlers=[v1, *OPERATION_HANDLERS, *SCHEMA_HANDLERS],
         lifespan=[_lifespan(settings, run_relay)],
         exception_handlers={Exception: render_error},
         request_max_body_size=MAX_BODY_BYTES,
-        openapi_config=None,
+        openapi_config=None,  # the document is openapi.py's, served at /schema/openapi.json
         logging_config=None,  # logging is observability.py's, set up once per process
         debug=False,
     ))

@@ -58,14 +58,14 @@ def _no_query(request: Request) -> None:
     decode_query(request.scope["query_string"], NoAttributes)
 
 
-@get(COLLECTION_PATH, operation_id="listConversations", summary="List conversations")
+@get(COLLECTION_PATH)
 async def list_conversations(request: Request) -> ASGIResponse:
     params = decode_query(request.scope["query_string"], ListParams)
     page = await _conversations(request).list(request.auth, params)
     return _json(page)
 
 
-@post(COLLECTION_PATH, operation_id="createConversation", summary="Create a conversation")
+@post(COLLECTION_PATH)
 async def create_conversation(request: Request) -> ASGIResponse:
     _no_query(request)
     body = decode_body(await request.body(), _content_type(request), ConversationCreate)
@@ -73,7 +73,7 @@ async def create_conversation(request: Request) -> ASGIResponse:
     return _json(conversation, 201, {"location": LOCATION_PREFIX + conversation.id})
 
 
-@get(ITEM_PATH, operation_id="retrieveConversation", summary="Retrieve a conversation")
+@get(ITEM_PATH)
 async def retrieve_conversation(request: Request) -> ASGIResponse:
     conversation_id = _conversation_id(request)
     _no_query(request)
@@ -81,8 +81,7 @@ async def retrieve_conversation(request: Request) -> ASGIResponse:
     return _json(conversation)
 
 
-@route(ITEM_PATH, http_method=["PUT", "PATCH"], operation_id="updateConversation",
-       summary="Update a conversation (PUT and PATCH are the same partial update)")
+@route(ITEM_PATH, http_method=["PUT", "PATCH"])
 async def update_conversation(request: Request) -> ASGIResponse:
     conversation_id = _conversation_id(request)
     _no_query(request)
@@ -91,7 +90,7 @@ async def update_conversation(request: Request) -> ASGIResponse:
     return _json(conversation)
 
 
-@delete(ITEM_PATH, operation_id="deleteConversation", summary="Delete a conversation")
+@delete(ITEM_PATH)
 async def delete_conversation(request: Request) -> None:
     conversation_id = _conversation_id(request)
     _no_query(request)

@@ -41,8 +41,7 @@ class Readiness(msgspec.Struct):
 _HEALTHY = encode_json(Health(status="ok"))
 
 
-@get("/health", operation_id="health", summary="Liveness: the process answers", sync_to_thread=False,
-     tags=["operations"])
+@get("/health", sync_to_thread=False)
 def health() -> ASGIResponse:
     return ASGIResponse(body=_HEALTHY, media_type="application/json")
 
@@ -67,8 +66,7 @@ async def _check_redis(request: Request) -> bool:
         return False
 
 
-@get("/ready", operation_id="ready", summary="Readiness: PostgreSQL reachable (Redis and backlog reported)",
-     tags=["operations"])
+@get("/ready")
 async def ready(request: Request) -> ASGIResponse:
     state = request.app.state
     backlog, redis_ok = await asyncio.gather(_check_postgres(state.db, state.settings.events_stream),
@@ -90,8 +88,7 @@ async def ready(request: Request) -> ASGIResponse:
                         status_code=200 if backlog is not None else 503, headers=headers)
 
 
-@get("/metrics", operation_id="metrics", summary="Prometheus metrics, summed over every worker",
-     tags=["operations"], media_type=metrics.CONTENT_TYPE)
+@get("/metrics", media_type=metrics.CONTENT_TYPE)
 async def metrics_endpoint(request: Request) -> ASGIResponse:
     state = request.app.state
     backlog = await _check_postgres(state.db, state.settings.events_stream)

@@ -1,0 +1,257 @@
+"""The OpenAPI 3.1 document (API.md §7) and the interactive docs page, both under /schema.
+
+The document is assembled here rather than inferred by Litestar, because the handlers decode
+bodies and queries themselves (wire.py) and Litestar would describe neither the form encoding
+nor the contract's error bodies. Schemas come from the very Structs the code decodes and encodes
+(msgspec.json.schema_components), so they cannot drift from the code; tests/test_openapi.py
+checks the paths against the app's routes and real responses against the schemas.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import msgspec
+from litestar import MediaType, get
+from litestar.response.base import ASGIResponse
+
+from service.errors import ConflictErrorBody, ErrorBody
+from service.operations import Health, Readiness
+from service.wire import (
+    FORM_MEDIA_TYPE,
+    JSON_MEDIA_TYPE,
+    MAX_TIMESTAMP,
+    Conversation,
+    ConversationCreate,
+    ConversationPage,
+    ConversationUpdate,
+    ListParams,
+)
+
+OPENAPI_PATH = "/schema/openapi.json"
+_REF = "#/components/schemas/{name}"
+
+SEED_CONVERSATION = {
+    "id": "xgQQXg3hrtjh7AvZ", "contact_id": "WAz8eIbvDR60rouK", "group_id": None, "pinned_message_id": None,
+    "is_pinned": False, "is_muted": False, "last_active_at": 705103200, "last_opened_at": 705103200,
+    "created_at": 692233200, "archived_at": None,
+}
+
+DESCRIPTION = """\
+Conversations between an account and its contacts or groups.
+
+**Authentication**: every `/v1` call needs `Authorization: Bearer <token>` (issued with
+`python -m service tokens create --account <id>`).
+
+**Bodies** are accepted as JSON or as form data (`curl -d`): in form data, booleans are
+`true`/`false`, integers are decimal digits, and an empty value means null. Unknown attributes,
+in a body or a query string, are a 400 naming the attribute.
+
+**Errors** are `{"type", "message", "param"}`: `type` is `invalid_request` for 4xx and
+`api_error` for 5xx; `param` names the offending attribute, or is null.
+
+**Pagination** is by cursor: `starting_after` / `ending_before` take a conversation id, which
+is a position in the list (newest first), so pages never skip or repeat items.
+
+Every create, effective update and delete is also published as an event on a Redis stream:
+see docs/asyncapi.yaml.
+"""
+
+
+def _schemas() -> dict[str, Any]:
+    structs = [Conversation, ConversationPage, ErrorBody, ConflictErrorBody, ConversationCreate,
+               ConversationUpdate, Health, Readiness]
+    _, components = msgspec.json.schema_components(structs, ref_template=_REF)
+    create = components["ConversationCreate"]
+    # API.md §2: exactly one of the two; the Struct cannot say it, the schema can.
+    create["oneOf"] = [{"required": [name], "properties": {name: {"type": "string"}}}
+                       for name in ("contact_id", "group_id")]
+    components["ConversationCreateForm"] = _form_schema(create)
+    components["ConversationUpdateForm"] = _form_schema(components["ConversationUpdate"])
+    components["Conversation"]["examples"] = [SEED_CONVERSATION]
+    components["ConversationPage"]["examples"] = [{"has_more": False, "data": [SEED_CONVERSATION]}]
+    components["ErrorBody"]["examples"] = [
+        {"type": "invalid_request", "message": "limit must be an integer between 1 and 100", "param": "limit"}]
+    return components
+
+
+_FORM_BOOLEAN = {"type": "string", "enum": ["true", "false"]}
+_FORM_TIMESTAMP = {"type": "string", "pattern": "^[0-9]{1,12}$",
+                   "description": f"decimal digits, 0 to {MAX_TIMESTAMP}"}
+_FORM_NULL = {"type": "string", "enum": [""], "description": "an empty value means null"}
+
+
+def _form_value(schema: dict[str, Any]) -> dict[str, Any]:
+    """The form-data spelling of one JSON value schema (API.md §2: true/false, digits, empty = null)."""
+    if "anyOf" in schema:
+        return {"anyOf": [_form_value(member) for member in schema["anyOf"]]}
+    kind = schema.get("type")
+    if kind == "boolean":
+        return dict(_FORM_BOOLEAN)
+    if kind == "integer":
+        return dict(_FORM_TIMESTAMP)
+    if kind == "null":
+        return dict(_FORM_NULL)
+    return {key: value for key, value in schema.items() if key != "examples"}
+
+
+def _form_schema(json_schema: dict[str, Any]) -> dict[str, Any]:
+    form = copy.deepcopy(json_schema)
+    form["title"] = json_schema["title"] + "Form"
+    form["properties"] = {name: _form_value(value) for name, value in json_schema["properties"].items()}
+    form.pop("oneOf", None)
+    if "oneOf" in json_schema:
+        form["description"] = json_schema.get("description", "") + " Give exactly one of contact_id and group_id."
+    return form
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": _REF.format(name=name)}
+
+
+def _json(name: str) -> dict[str, Any]:
+    return {JSON_MEDIA_TYPE: {"schema": _ref(name)}}
+
+
+_ERROR_DESCRIPTIONS = {
+    400: "A bad attribute, body or query string (`param` names the attribute).",
+    401: "Missing, unknown or revoked token.",
+    404: "No such conversation in this account (or no such route).",
+    409: "The account already has a conversation with this contact or group.",
+    413: "The body is over 64 KiB.",
+    415: "The body is neither JSON nor form data.",
+    500: "An unexpected error on our side (logged; the body has no details).",
+    503: "PostgreSQL is unreachable; retry after the Retry-After seconds.",
+}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    responses: dict[str, Any] = {}
+    for status in (*statuses, 401, 500, 503):
+        response: dict[str, Any] = {"description": _ERROR_DESCRIPTIONS[status],
+                                    "content": _json("ConflictErrorBody" if status == 409 else "ErrorBody")}
+        if status == 401:
+            response["headers"] = {"WWW-Authenticate": {"schema": {"type": "string", "const": "Bearer"}}}
+        if status == 503:
+            response["headers"] = {"Retry-After": {"schema": {"type": "string"}, "required": True}}
+        responses[str(status)] = response
+    return responses
+
+
+def _request_body(name: str, required: bool) -> dict[str, Any]:
+    return {"required": required,
+            "content": {JSON_MEDIA_TYPE: {"schema": _ref(name)}, FORM_MEDIA_TYPE: {"schema": _ref(name + "Form")}}}
+
+
+_CONVERSATION_ID_PARAMETER = {
+    "name": "conversation_id", "in": "path", "required": True,
+    "schema": {"type": "string", "pattern": "^[0-9A-Za-z]{16}$"}, "example": "xgQQXg3hrtjh7AvZ",
+    "description": "A conversation id; anything that cannot be one is a 404.",
+}
+
+
+def _list_parameters(list_schema: dict[str, Any]) -> list[dict[str, Any]]:
+    descriptions = {
+        "limit": "Page size, 1 to 100 (default 10).",
+        "muted": "true: only muted conversations; false: only not muted ones.",
+        "pinned": "true: only pinned conversations; false: only not pinned ones.",
+        "archived": "true: only archived conversations; false: only not archived ones.",
+        "contact_id": "Only the conversation with this contact.",
+        "group_id": "Only the conversation with this group.",
+        "starting_after": "A conversation id: the page of conversations that come after it (older).",
+        "ending_before": "A conversation id: the page of conversations that come before it (newer).",
+    }
+    parameters = []
+    for name, schema in list_schema["properties"].items():
+        parameters.append({"name": name, "in": "query", "required": False, "description": descriptions[name],
+                           "schema": {key: value for key, value in schema.items() if key != "examples"}})
+    return parameters
+
+
+def build_document() -> dict[str, Any]:
+    """The whole OpenAPI 3.1 document, as a plain JSON-ready object."""
+    schemas = _schemas()
+    _, list_components = msgspec.json.schema_components([ListParams], ref_template=_REF)
+    bearer = [{"bearerAuth": []}]
+    conversation_200 = {"description": "The conversation.", "content": _json("Conversation")}
+    tags = ["conversations"]
+    item_errors = _errors(400, 404)
+    paths: dict[str, Any] = {
+        "/v1/conversations": {
+            "get": {"operationId": "listConversations", "summary": "List conversations, newest first",
+                    "tags": tags, "security": bearer, "parameters": _list_parameters(list_components["ListParams"]),
+                    "responses": {"200": {"description": "A page of conversations.",
+                                          "content": _json("ConversationPage")}, **_errors(400)}},
+            "post": {"operationId": "createConversation", "summary": "Create a conversation with a contact or group",
+                     "tags": tags, "security": bearer, "requestBody": _request_body("ConversationCreate", True),
+                     "responses": {"201": {**conversation_200, "description": "The new conversation.",
+                                           "headers": {"Location": {"schema": {"type": "string"}, "required": True,
+                                                                    "description": "/v1/conversations/{id}"}}},
+                                   **_errors(400, 409, 413, 415)}},
+        },
+        "/v1/conversations/{conversation_id}": {
+            "parameters": [_CONVERSATION_ID_PARAMETER],
+            "get": {"operationId": "retrieveConversation", "summary": "Retrieve a conversation", "tags": tags,
+                    "security": bearer, "responses": {"200": conversation_200, **item_errors}},
+            "put": {"operationId": "updateConversation", "summary": "Update a conversation (partial)",
+                    "description": ("Any subset of the attributes; null clears a nullable one. last_opened_at and "
+                                    "last_active_at only move forward: a lower value is ignored. A body that changes "
+                                    "nothing returns the conversation unchanged."),
+                    "tags": tags, "security": bearer, "requestBody": _request_body("ConversationUpdate", False),
+                    "responses": {"200": conversation_200, **_errors(400, 404, 413, 415)}},
+            "delete": {"operationId": "deleteConversation", "summary": "Delete a conversation permanently",
+                       "tags": tags, "security": bearer,
+                       "responses": {"204": {"description": "Deleted; no body."}, **_errors(400, 404, 413, 415)}},
+        },
+        "/health": {"get": {"operationId": "health", "summary": "Liveness: the process answers",
+                            "tags": ["operations"], "security": [],
+                            "responses": {"200": {"description": "Alive.", "content": _json("Health")}}}},
+        "/ready": {"get": {"operationId": "ready", "summary": "Readiness: PostgreSQL reachable",
+                           "tags": ["operations"], "security": [],
+                           "responses": {"200": {"description": "Ready.", "content": _json("Readiness")},
+                                         "503": {"description": "PostgreSQL is unreachable.",
+                                                 "content": _json("Readiness")}}}},
+        "/metrics": {"get": {"operationId": "metrics", "summary": "Prometheus metrics of every worker",
+                             "tags": ["operations"], "security": [],
+                             "responses": {"200": {"description": "Prometheus text format.",
+                                                   "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+    }
+    patch = copy.deepcopy(paths["/v1/conversations/{conversation_id}"]["put"])
+    patch["operationId"] = "patchConversation"
+    patch["summary"] = "Update a conversation (partial; the same call as PUT)"
+    paths["/v1/conversations/{conversation_id}"]["patch"] = patch
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Conversations API", "version": "1.0.0", "description": DESCRIPTION},
+        "tags": [{"name": "conversations"}, {"name": "operations", "description": "No token needed."}],
+        "paths": paths,
+        "components": {"schemas": schemas,
+                       "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer",
+                                                          "description": "An API token from `tokens create`."}}},
+    }
+
+
+_DOCUMENT = msgspec.json.encode(build_document())
+
+_DOCS_PAGE = f"""<!doctype html>
+<html lang="en">
+<head><meta charset="utf-8"><title>Conversations API</title>
+<link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css"></head>
+<body><div id="docs"></div>
+<script src="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
+<script>SwaggerUIBundle({{url: "{OPENAPI_PATH}", dom_id: "#docs"}});</script>
+</body></html>""".encode()
+
+
+@get(OPENAPI_PATH, sync_to_thread=False)
+def openapi_document() -> ASGIResponse:
+    return ASGIResponse(body=_DOCUMENT, media_type=MediaType.JSON)
+
+
+@get("/schema", sync_to_thread=False)
+def docs_page() -> ASGIResponse:
+    return ASGIResponse(body=_DOCS_PAGE, media_type=MediaType.HTML)
+
+
+SCHEMA_HANDLERS = [openapi_document, docs_page]
