@@ -143,9 +143,10 @@ def translate_validation_error(error: msgspec.MsgspecError, struct_type: type[Re
         name = match.group(1)
         rule = ATTRIBUTE_RULES.get(name, "of another type")
         return InvalidRequest(f"{name} must be {rule}", param=name)
-    if isinstance(error, msgspec.DecodeError):
-        return InvalidRequest("the request body is not valid JSON")
-    return InvalidRequest("the request body must be a JSON object")
+    # ValidationError is a DecodeError too: only a decode error that is not one means broken JSON.
+    if isinstance(error, msgspec.ValidationError):
+        return InvalidRequest("the request body must be a JSON object")
+    return InvalidRequest("the request body is not valid JSON")
 
 
 @cache
@@ -165,6 +166,8 @@ def _field_kinds(struct_type: type[RequestAttributes]) -> dict[str, _FieldKinds]
     kinds: dict[str, _FieldKinds] = {}
     for field in msgspec.inspect.type_info(struct_type).fields:  # type: ignore[attr-defined]
         members = field.type.types if isinstance(field.type, msgspec.inspect.UnionType) else (field.type,)
+        # Annotated[int, Meta(...)] arrives wrapped in Metadata: judge the type inside it.
+        members = tuple(m.type if isinstance(m, msgspec.inspect.Metadata) else m for m in members)
         kinds[field.name] = _FieldKinds(
             takes_bool=any(isinstance(m, msgspec.inspect.BoolType) for m in members),
             takes_int=any(isinstance(m, msgspec.inspect.IntType) for m in members),

@@ -108,6 +108,19 @@ async def test_foreign_ids_of_1_to_64_allowed_characters_are_accepted(api, accou
 
 
 @pytest.mark.parametrize(("body", "encoding"), [
+    ({"contact_id": "c1", "group_id": None}, "json"),
+    ({"contact_id": None, "group_id": "g1"}, "json"),
+    ({"contact_id": "c1", "group_id": ""}, "form"),
+    ({"contact_id": "", "group_id": "g1"}, "form"),
+])
+async def test_the_other_party_may_be_given_as_null(api, body, encoding) -> None:
+    response = await send(api, "POST", CONVERSATIONS, body, encoding)
+    assert response.status_code == 201, response.text
+    conversation = response.json()
+    assert {k: conversation[k] for k in PARTIES} == {k: v or None for k, v in body.items()}
+
+
+@pytest.mark.parametrize(("body", "encoding"), [
     ({}, "json"),
     ({"contact_id": None}, "json"),
     ({"group_id": None}, "json"),

@@ -52,6 +52,20 @@ async def test_ids_of_conversations_created_one_after_another_sort_bytewise_in_c
     assert [decode_millis(i) for i in ids] == sorted(decode_millis(i) for i in ids)
 
 
+async def test_the_database_orders_ids_bytewise(api, account, db) -> None:
+    ids = []
+    for _ in range(6):
+        ids.append((await create_conversation(api))["id"])
+        await after_millisecond_of(ids[-1])
+    stored = await db.fetch("SELECT id FROM conversations WHERE account_id = $1 ORDER BY id", account.id)
+    assert [row["id"] for row in stored] == ids
+    # Byte order differs from most locales' order where case differs ("Z" < "a" in "C" only).
+    collation = await db.fetchval(
+        "SELECT collation_name FROM information_schema.columns "
+        "WHERE table_name = 'conversations' AND column_name = 'id'")
+    assert collation == "C"
+
+
 @pytest.mark.parametrize("millis", [0, 1, 61, 62, 3843, 3844, 692233200000, 705103200999, 1700000000123,
                                     1764091288456, 62**8 - 1])
 def test_encode_millis_round_trips_through_decode_millis(millis) -> None:
