@@ -37,9 +37,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     workers: int = 0  # 0: one per CPU
     db_pool_size: int = 10
-    db_connect_timeout: float = 5.0
-    db_acquire_timeout: float = 5.0
-    db_statement_timeout: float = 10.0
+    # Together these bound how long a call can wait on an unreachable PostgreSQL before its 503:
+    # acquiring a connection (which may mean connecting) 2 s, a statement 4 s.
+    db_connect_timeout: float = 3.0
+    db_acquire_timeout: float = 2.0
+    db_statement_timeout: float = 4.0
     redis_timeout: float = 2.0
     shutdown_timeout: float = 20.0
     token_cache_seconds: float = 5.0
