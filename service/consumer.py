@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import socket
 import sys
 import time
@@ -156,12 +157,20 @@ class Tail:
 
 
 async def tail(settings: Settings, options: TailOptions, out: TextIO | None = None) -> int:
+    """Run `events tail` until --count events are printed, or SIGTERM / SIGINT arrives."""
     # The socket timeout must outlast the blocking read (redis-py would time it out otherwise).
     redis = create_redis(settings, timeout=BLOCK_MS / 1000 + settings.redis_timeout)
+    reader = asyncio.create_task(Tail(redis, settings.events_stream, options, out or sys.stdout).run())
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        # As PID 1 in a container there is no default SIGTERM action: stop on it ourselves.
+        loop.add_signal_handler(signum, reader.cancel)
     try:
-        await Tail(redis, settings.events_stream, options, out or sys.stdout).run()
+        await reader
     except asyncio.CancelledError:
-        pass
+        pass  # stopped by a signal: what was printed was acknowledged, the rest stays pending
     finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
         await redis.aclose()
     return 0

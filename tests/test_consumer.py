@@ -6,9 +6,12 @@ import io
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
+import time
 
+import redis
 import redis.asyncio as aioredis
 
 from service.consumer import Tail, TailOptions
@@ -114,3 +117,20 @@ async def test_events_tail_command_prints_events_as_json_lines(api, settings: Se
     lines = result.stdout.splitlines()
     assert len(lines) == 2
     assert all(json.loads(line)["type"] == "conversation.created" for line in lines)
+
+
+def test_events_tail_stops_cleanly_on_sigterm(settings: Settings):
+    env = {**os.environ, "REDIS_URL": settings.redis_url, "EVENTS_STREAM": settings.events_stream}
+    process = subprocess.Popen([sys.executable, "-m", "service", "events", "tail", "--group", "stoppable"],
+                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        probe = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+        deadline = time.monotonic() + 10
+        while not (probe.exists(settings.events_stream) and probe.xinfo_groups(settings.events_stream)):
+            assert time.monotonic() < deadline, "events tail never created its group"
+            time.sleep(0.05)
+        probe.close()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=5) == 0
+    finally:
+        process.kill()
