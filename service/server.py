@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import tempfile
+from types import FrameType
 
 import uvicorn
 
@@ -19,7 +21,12 @@ from service.settings import Settings
 APP_FACTORY = "service.app:app_from_environment"
 
 
+def _note_stop_signal(signum: int, _frame: FrameType | None) -> None:
+    """Stand-in handler: uvicorn re-raises the stop signal once its graceful shutdown is done."""
+
+
 def serve(settings: Settings, *, migrate_first: bool = True, workers: int | None = None) -> int:
+    """Run the API until SIGTERM or SIGINT, then shut down gracefully and return 0."""
     if migrate_first:
         asyncio.run(migrate(settings))
     worker_count = workers or settings.worker_count
@@ -27,6 +34,11 @@ def serve(settings: Settings, *, migrate_first: bool = True, workers: int | None
         # Each worker is a fresh interpreter that inherits this before importing
         # prometheus_client, so their metrics land in one directory that any worker can sum up.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="conversations-metrics-")
+    # uvicorn restores the handlers it found and re-raises the signal it caught after its
+    # shutdown; with these in place that re-raise is a no-op, so a graceful stop exits 0
+    # instead of dying of the very signal that asked for it.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _note_stop_signal)
     uvicorn.run(
         APP_FACTORY,
         factory=True,
