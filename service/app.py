@@ -15,14 +15,14 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import asyncpg
-from litestar import Litestar, Request, Response, Router
+from litestar import Litestar, Request, Response
 
 from service import metrics
-from service.auth import TokenAuthenticator, require_account
+from service.auth import TokenAuthenticator
 from service.conversations import Conversations
 from service.db import Database, create_pool
 from service.errors import InternalError, as_api_error, encode_error
-from service.handlers import CONVERSATION_HANDLERS
+from service.handlers import CONVERSATION_HANDLERS, MAX_BODY_BYTES
 from service.observability import RequestObserver, configure_logging
 from service.openapi import SCHEMA_HANDLERS
 from service.operations import OPERATION_HANDLERS
@@ -32,16 +32,17 @@ from service.settings import Settings, load_settings
 
 logger = logging.getLogger("service.app")
 
-MAX_BODY_BYTES = 64 * 1024
 POOL_SAMPLE_SECONDS = 1.0
 
 
 def render_error(request: Request, error: Exception) -> Response:
     """The one exception handler: every error leaves in the contract's shape (API.md §4)."""
-    api_error = as_api_error(request.method, request.scope.get("path", ""), error)
+    # raw_path: the path as sent (a mounted handler sees scope["path"] rewritten to its remainder).
+    raw_path = request.scope.get("raw_path")
+    path = raw_path.decode("latin-1") if raw_path else request.scope.get("path", "")
+    api_error = as_api_error(request.method, path, error)
     if isinstance(api_error, InternalError):
-        logger.error("unhandled error serving %s %s", request.method, request.scope.get("path", ""),
-                     exc_info=error)
+        logger.error("unhandled error serving %s %s", request.method, path, exc_info=error)
     return Response(content=encode_error(api_error), status_code=api_error.status_code,
                     media_type="application/json", headers=api_error.headers or None)
 
@@ -88,9 +89,8 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> RequestObserver
 
     `run_relay=False` is for tests that drive the relay themselves.
     """
-    v1 = Router(path="/v1", route_handlers=CONVERSATION_HANDLERS, guards=[require_account])
     return RequestObserver(Litestar(
-        route_handlers=[v1, *OPERATION_HANDLERS, *SCHEMA_HANDLERS],
+        route_handlers=[*CONVERSATION_HANDLERS, *OPERATION_HANDLERS, *SCHEMA_HANDLERS],
         lifespan=[_lifespan(settings, run_relay)],
         exception_handlers={Exception: render_error},
         request_max_body_size=MAX_BODY_BYTES,

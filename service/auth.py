@@ -11,9 +11,6 @@ from __future__ import annotations
 import hashlib
 import time
 
-from litestar.connection import ASGIConnection
-from litestar.handlers.base import BaseRouteHandler
-
 from service import queries
 from service.db import Database
 from service.errors import Unauthenticated
@@ -64,19 +61,9 @@ class TokenAuthenticator:
             self._cache.clear()
 
 
-_AUTHORIZATION = b"authorization"
-
-
 def raw_header(scope_headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
     """The first value of header `name` (lower case) straight from the ASGI scope."""
     for key, value in scope_headers:
         if key == name:
             return value
     return None
-
-
-async def require_account(connection: ASGIConnection, _: BaseRouteHandler) -> None:
-    """Guard of the /v1 router: sets `request.auth` to the caller's account id, or answers 401."""
-    authenticator: TokenAuthenticator = connection.app.state.authenticator
-    connection.scope["auth"] = await authenticator.account_for(
-        raw_header(connection.scope["headers"], _AUTHORIZATION))

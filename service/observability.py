@@ -103,6 +103,7 @@ class RequestObserver:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        path = scope["path"]  # as sent: a mounted handler rewrites it to what follows the mount
         request_id = _request_id(scope["headers"])
         status = 500
 
@@ -121,6 +122,6 @@ class RequestObserver:
             observe_request(scope["method"], route, status, seconds)
             if request_logger.isEnabledFor(logging.INFO):
                 request_logger.info("%s %s %d", scope["method"], route, status, extra={
-                    "method": scope["method"], "route": route, "path": scope["path"], "status": status,
+                    "method": scope["method"], "route": route, "path": path[:200], "status": status,
                     "duration_ms": round(seconds * 1000, 3), "request_id": request_id.decode(),
                     "account_id": scope.get("auth")})

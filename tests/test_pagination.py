@@ -203,6 +203,20 @@ async def test_paging_from_the_last_item_onward_is_empty(api: httpx.AsyncClient,
     assert await list_page(api, {"ending_before": ids[0]}) == {"has_more": False, "data": []}
 
 
+@pytest.mark.parametrize("cursor", ["starting_after", "ending_before"])
+async def test_cursor_positions_compare_bytewise(api: httpx.AsyncClient, ids: list[str], cursor: str) -> None:
+    """Digits < upper case < lower case, as bytes (API.md §1: COLLATE "C"); a linguistic
+    collation would put "a..." before "Z..." and move these positions."""
+    for conversation_id in ids[::4]:
+        for suffix in ("ZZZZZZZZ", "aaaaaaaa", "9zzzzzzz", "A0000000"):
+            position = conversation_id[:8] + suffix
+            expected = [i for i in ids if (i.encode() < position.encode()) == (cursor == "starting_after")
+                        and i != position]
+            page_ids, has_more = await list_ids(api, {cursor: position, "limit": 100})
+            assert page_ids == expected, position
+            assert has_more is False
+
+
 @pytest.mark.parametrize(("cursor", "position", "limit", "has_more"), [
     (None, None, COUNT, False),
     (None, None, COUNT - 1, True),
