@@ -10,6 +10,7 @@ Authorization header.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -79,13 +80,19 @@ _SANE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 UNMATCHED_ROUTE = "unmatched"  # 404s share one series: paths nobody routes must not mint new ones
 
 
+# Generated ids: 8 random hex digits per process, then a counter: unique across processes and
+# restarts without a getrandom() system call per request.
+_ID_PREFIX = os.urandom(4).hex()
+_id_counter = itertools.count(1)
+
+
 def _request_id(headers: list[tuple[bytes, bytes]]) -> bytes:
     for name, value in headers:
         if name == _REQUEST_ID_HEADER:
             if _SANE_REQUEST_ID.fullmatch(value):
                 return value
             break
-    return os.urandom(8).hex().encode()
+    return f"{_ID_PREFIX}{next(_id_counter) & 0xFFFFFFFF:08x}".encode()
 
 
 class RequestObserver:

@@ -51,6 +51,8 @@ def serve(settings: Settings, *, migrate_first: bool = True, workers: int | None
         access_log=False,
         log_config=None,
         server_header=False,
+        # Nothing here reads the client's address, so X-Forwarded-* need no rewriting per request.
+        proxy_headers=False,
         timeout_graceful_shutdown=settings.shutdown_timeout / 2,
     )
     return 0

@@ -1,0 +1,400 @@
+"""The project's own benchmark: seed, serve, load every scenario with wrk, report one table.
+
+    python benchmarks/run.py                          # 3 accounts x 10,000 conversations, 1 worker
+    python benchmarks/run.py --workers 2 --duration 20
+    python benchmarks/run.py --scale 1000000          # also the 1k-vs-1M cursor page probe
+
+What a run does:
+  1. creates a throwaway database `bench_<stamp>` with the service's own migrate code and COPYs
+     seed rows into it (time-ordered ids, 80 % contacts / 20 % groups, some muted, pinned and
+     archived), then issues one token per account with the service's own tokens code;
+  2. starts `python -m service serve --no-migrate --workers N` (LOG_LEVEL=warning) on a free port;
+  3. per scenario (get, list, cursor, update, create): a warm-up, then `wrk -t1 -cC -dD` with
+     benchmarks/load.lua, reading req/s, p50, p99 and errors from wrk, and the CPU time the
+     server's processes and PostgreSQL used from /proc (microseconds per request);
+  4. the event-latency probe: creates at a light, steady rate, each timed from its HTTP response
+     to its entry's arrival on the stream (XREAD BLOCK from a separate connection);
+  5. with --scale N: an account with 1,000 conversations and one with N, the cursor scenario on
+     each, and EXPLAIN (ANALYZE, BUFFERS) of a page deep in each;
+  6. the server's RSS per worker after all that; then it stops the server and drops the database.
+
+Needs only PostgreSQL (127.0.0.1:5432, trust auth), Redis (127.0.0.1:6379) and wrk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import asyncpg
+import httpx
+import redis.asyncio as aioredis
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from service.ids import encode_millis, random_part  # noqa: E402
+from service.migrate import migrate  # noqa: E402
+from service.settings import Settings  # noqa: E402
+from service.tokens import create_token  # noqa: E402
+
+SCENARIOS = ("get", "list", "cursor", "update", "create")
+LOAD_SCRIPT = Path(__file__).resolve().parent / "load.lua"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+SEED_NOW_MS = 1_760_000_000_000
+
+
+@dataclass
+class Measurement:
+    scenario: str
+    requests: int
+    seconds: float
+    errors: int
+    p50_ms: float
+    p99_ms: float
+    server_us: float
+    postgres_us: float
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds
+
+
+@dataclass
+class Report:
+    settings: dict
+    runs: list[Measurement] = field(default_factory=list)
+    event_latency_ms: dict = field(default_factory=dict)
+    scale: dict = field(default_factory=dict)
+    rss_mb: list[float] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------- data
+
+
+def conversation_rows(account: str, count: int, rng: random.Random) -> list[tuple]:
+    """`count` conversations of `account`, created over a year, with time-ordered ids."""
+    rows = []
+    for _ in range(count):
+        created_ms = SEED_NOW_MS - rng.randrange(365 * 86400 * 1000)
+        created = created_ms // 1000
+        party = random_part(16)
+        is_group = rng.random() < 0.2
+        rows.append((account, encode_millis(created_ms) + random_part(), None if is_group else party,
+                     party if is_group else None, random_part(16) if rng.random() < 0.1 else None,
+                     rng.random() < 0.05, rng.random() < 0.15,
+                     created + rng.randrange(30 * 86400) if rng.random() < 0.9 else None,
+                     created + rng.randrange(30 * 86400) if rng.random() < 0.8 else None,
+                     created, created + 86400 if rng.random() < 0.1 else None))
+    return rows
+
+
+COPY_COLUMNS = ["account_id", "id", "contact_id", "group_id", "pinned_message_id", "is_pinned", "is_muted",
+                "last_active_at", "last_opened_at", "created_at", "archived_at"]
+
+
+async def seed(url: str, sizes: dict[str, int]) -> dict[str, list[str]]:
+    rng = random.Random(42)
+    connection = await asyncpg.connect(url)
+    ids: dict[str, list[str]] = {}
+    try:
+        for account, count in sizes.items():
+            for start in range(0, count, 200_000):
+                rows = conversation_rows(account, min(200_000, count - start), rng)
+                await connection.copy_records_to_table("conversations", records=rows, columns=COPY_COLUMNS)
+                ids.setdefault(account, []).extend(row[1] for row in rows[:20_000])
+        await connection.execute("VACUUM ANALYZE conversations")
+    finally:
+        await connection.close()
+    return ids
+
+
+def write_load_data(folder: Path, tokens: list[str], ids: list[list[str]]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tokens.txt").write_text("".join(token + "\n" for token in tokens))
+    with open(folder / "ids.txt", "w") as out:
+        for index, account_ids in enumerate(ids, 1):
+            out.writelines(f"{index} {conversation_id}\n" for conversation_id in account_ids)
+    return folder
+
+
+# ------------------------------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / CLOCK_TICKS
+
+
+def group_pids(pgid: int) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[2]) == pgid:
+                    pids.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    return pids
+
+
+def postgres_pids() -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "postgres":
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def rss_mb(pids: list[int]) -> list[float]:
+    sizes = []
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    sizes.append(int(line.split()[1]) / 1024)
+        except OSError:
+            continue
+    return sizes
+
+
+class Server:
+    def __init__(self, env: dict[str, str], workers: int) -> None:
+        self.port = free_port()
+        self.env = {**os.environ, **env, "HOST": "127.0.0.1", "PORT": str(self.port), "LOG_LEVEL": "warning"}
+        self.workers = workers
+        self.log = tempfile.NamedTemporaryFile(prefix="bench-serve-", suffix=".log", delete=False)  # noqa: SIM115
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "service", "serve", "--no-migrate", "--workers", str(self.workers)],
+            cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"serve exited; see {self.log.name}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/ready", timeout=1).status_code == 200:
+                    time.sleep(0.5)  # every worker up
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"serve not ready; see {self.log.name}")
+
+    @property
+    def pids(self) -> list[int]:
+        assert self.process is not None
+        return group_pids(self.process.pid)
+
+    def worker_pids(self) -> list[int]:
+        pids = self.pids
+        return [pid for pid in pids if pid != self.process.pid] or pids  # type: ignore[union-attr]
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(30)
+
+
+def run_wrk(port: int, scenario: str, data: Path, seconds: float, connections: int) -> dict:
+    env = {**os.environ, "SCENARIO": scenario, "DATA": str(data), "NONCE": f"{time.time_ns() % 10**12}"}
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{round(seconds)}s", "--timeout", "5s", "-s", str(LOAD_SCRIPT),
+               f"http://127.0.0.1:{port}"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=seconds + 60, check=True)
+    line = next(line for line in result.stdout.splitlines() if line.startswith("RESULT "))
+    return json.loads(line[len("RESULT "):])
+
+
+def measure(server: Server, scenario: str, data: Path, args: argparse.Namespace) -> Measurement:
+    run_wrk(server.port, scenario, data, args.warmup, args.connections)
+    pids, pg = server.pids, postgres_pids()
+    server_before, pg_before = cpu_seconds(pids), cpu_seconds(pg)
+    result = run_wrk(server.port, scenario, data, args.duration, args.connections)
+    server_cpu, pg_cpu = cpu_seconds(pids) - server_before, cpu_seconds(pg) - pg_before
+    requests = max(1, result["requests"])
+    return Measurement(scenario, result["requests"], result["seconds"], result["errors"], result["p50_us"] / 1000,
+                       result["p99_us"] / 1000, server_cpu / requests * 1e6, pg_cpu / requests * 1e6)
+
+
+# -------------------------------------------------------------------------------------- probes
+
+
+async def event_latency(port: int, token: str, redis_url: str, stream: str, count: int, rate: float) -> dict:
+    """From each create's HTTP response to its entry on the stream, at `rate` creates a second."""
+    reader = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    arrived: dict[str, float] = {}
+    stop = asyncio.Event()
+
+    async def read() -> None:
+        last = "$"
+        while not stop.is_set():
+            reply = await reader.xread({stream: last}, block=200, count=500)
+            now = time.perf_counter()
+            for _, entries in reply or []:
+                for entry_id, fields in entries:
+                    last = entry_id
+                    arrived.setdefault(fields["conversation_id"], now)
+
+    listener = asyncio.create_task(read())
+    await asyncio.sleep(0.3)
+    answered: dict[str, float] = {}
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}",
+                                 headers={"Authorization": f"Bearer {token}"}) as client:
+        for n in range(count):
+            started = time.perf_counter()
+            response = await client.post("/v1/conversations", json={"contact_id": f"probe{time.time_ns()}{n}"})
+            answered[response.json()["id"]] = time.perf_counter()
+            await asyncio.sleep(max(0.0, 1 / rate - (time.perf_counter() - started)))
+    deadline = time.monotonic() + 5
+    while len(arrived.keys() & answered.keys()) < len(answered) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    stop.set()
+    await listener
+    await reader.aclose()
+    delays = sorted((arrived[cid] - answered[cid]) * 1000 for cid in answered if cid in arrived)
+    return {"events": count, "arrived": len(delays), "p50_ms": round(statistics.median(delays), 2),
+            "p99_ms": round(delays[int(len(delays) * 0.99) - 1], 2), "max_ms": round(delays[-1], 2),
+            "rate_per_s": rate}
+
+
+async def explain_deep_page(url: str, account: str, cursor: str) -> dict:
+    connection = await asyncpg.connect(url)
+    try:
+        plan = await connection.fetchval(
+            "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) SELECT id FROM conversations "
+            "WHERE account_id = $1 AND id < $2 ORDER BY id DESC LIMIT 11", account, cursor)
+    finally:
+        await connection.close()
+    top = json.loads(plan)[0]
+    return {"execution_ms": top["Execution Time"], "shared_buffers": top["Plan"].get("Shared Hit Blocks", 0)
+            + top["Plan"].get("Shared Read Blocks", 0)}
+
+
+# -------------------------------------------------------------------------------------- report
+
+
+def table(report: Report) -> str:
+    lines = [f"benchmarks/run.py: {report.settings}", "",
+             f"{'scenario':<10}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'srv us':>9}{'pg us':>9}{'errors':>8}",
+             "-" * 63]
+    for run in report.runs:
+        lines.append(f"{run.scenario:<10}{run.rate:>9.0f}{run.p50_ms:>9.2f}{run.p99_ms:>9.2f}"
+                     f"{run.server_us:>9.0f}{run.postgres_us:>9.0f}{run.errors:>8}")
+    if report.event_latency_ms:
+        e = report.event_latency_ms
+        lines += ["", f"event latency (HTTP response -> entry on the stream), {e['events']} creates at "
+                      f"{e['rate_per_s']:.0f}/s: p50 {e['p50_ms']} ms, p99 {e['p99_ms']} ms, max {e['max_ms']} ms, "
+                      f"{e['arrived']}/{e['events']} arrived"]
+    if report.scale:
+        lines += ["", "cursor pages by account size:"]
+        for name, values in report.scale.items():
+            lines.append(f"  {name:<22} {values}")
+    if report.rss_mb:
+        lines += ["", f"server RSS after the run (MB per process): {', '.join(f'{v:.0f}' for v in report.rss_mb)}"]
+    return "\n".join(lines)
+
+
+async def main(args: argparse.Namespace) -> Report:
+    stamp = f"{int(time.time())}_{os.getpid()}"
+    admin = args.database
+    url = admin.rsplit("/", 1)[0] + f"/bench_{stamp}"
+    stream = f"bench:{stamp}:events"
+    report = Report(settings={"workers": args.workers, "connections": args.connections, "duration": args.duration,
+                              "accounts": args.accounts, "conversations": args.conversations})
+    await migrate(Settings(database_url=url))
+    server: Server | None = None
+    try:
+        sizes = {f"acct_{n}": args.conversations for n in range(1, args.accounts + 1)}
+        if args.scale:
+            sizes |= {"acct_small": 1_000, "acct_big": args.scale}
+        ids = await seed(url, sizes)
+        tokens = {account: (await create_token(Settings(database_url=url), account))[0] for account in sizes}
+        work = Path(tempfile.mkdtemp(prefix="bench-data-"))
+        main_accounts = [a for a in sizes if a not in ("acct_small", "acct_big")]
+        data = write_load_data(work / "main", [tokens[a] for a in main_accounts], [ids[a] for a in main_accounts])
+        server = Server({"DATABASE_URL": url, "REDIS_URL": args.redis, "EVENTS_STREAM": stream}, args.workers)
+        server.start()
+        for scenario in args.scenarios:
+            run = measure(server, scenario, data, args)
+            report.runs.append(run)
+            print(f"  {scenario:<8} {run.rate:8.0f} req/s  p50 {run.p50_ms:.2f} ms  p99 {run.p99_ms:.2f} ms  "
+                  f"srv {run.server_us:.0f} us  pg {run.postgres_us:.0f} us  errors {run.errors}", file=sys.stderr)
+        if args.latency_probe:
+            await asyncio.sleep(2)  # let the relay drain what the write scenarios left
+            report.event_latency_ms = await event_latency(server.port, tokens[main_accounts[0]], args.redis, stream,
+                                                          args.latency_probe, rate=50)
+        if args.scale:
+            for account in ("acct_small", "acct_big"):
+                folder = write_load_data(work / account, [tokens[account]], [ids[account]])
+                run = measure(server, "cursor", folder, args)
+                deep = sorted(ids[account])[len(ids[account]) // 2]
+                report.scale[f"{account} ({sizes[account]:,})"] = {
+                    "req_s": round(run.rate), "p50_ms": run.p50_ms, "p99_ms": run.p99_ms,
+                    "explain": await explain_deep_page(url, account, deep)}
+        report.rss_mb = rss_mb(server.worker_pids())
+    finally:
+        if server is not None:
+            server.stop()
+        connection = await asyncpg.connect(admin)
+        await connection.execute(f'DROP DATABASE IF EXISTS "bench_{stamp}" WITH (FORCE)')
+        await connection.close()
+        cleanup = aioredis.Redis.from_url(args.redis)
+        await cleanup.delete(stream)
+        await cleanup.aclose()
+    return report
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--database", default="postgresql://postgres@127.0.0.1:5432/postgres",
+                        help="an admin URL of the server to create the throwaway database on")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--accounts", type=int, default=3)
+    parser.add_argument("--conversations", type=int, default=10_000, help="per account")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--duration", type=float, default=10)
+    parser.add_argument("--warmup", type=float, default=2)
+    parser.add_argument("--scenarios", type=lambda text: text.split(","), default=list(SCENARIOS))
+    parser.add_argument("--latency-probe", type=int, default=500, help="creates timed to the stream (0: skip)")
+    parser.add_argument("--scale", type=int, default=0, help="also compare cursor pages at 1,000 vs this many")
+    parser.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    arguments = parse_args()
+    result = asyncio.run(main(arguments))
+    print(table(result))
+    if arguments.json:
+        arguments.json.write_text(json.dumps(asdict(result), indent=2, default=str))
