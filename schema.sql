@@ -87,3 +87,11 @@ ALTER TABLE conversation_outbox SET (
     autovacuum_analyze_scale_factor = 0.0,
     autovacuum_analyze_threshold = 1000
 );
+
+-- Whether writers should NOTIFY the relay of a stream (relay.py): true while it waits for
+-- notifications, false while it polls under load. One row per stream, written only by the
+-- relay, and only when it switches; writers read it by primary key.
+CREATE TABLE IF NOT EXISTS outbox_wakeups (
+    stream  text COLLATE "C" PRIMARY KEY,
+    notify  boolean NOT NULL
+);

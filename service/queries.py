@@ -54,7 +54,10 @@ _NOW_SECONDS = "floor(extract(epoch FROM now()))::bigint"
 _NEW_EVENT_ID = "'evt_' || base62_millis(now()) || "
 _OUTBOX_COLUMNS = ("stream, event_id, type, account_id, conversation_id, occurred_at, sequence, schema_version, "
                    "data, previous_attributes")
-_NOTIFY = f"pg_notify('{OUTBOX_CHANNEL}', '')"
+def _notify_unless_polled(stream_param: str) -> str:
+    """NOTIFY the relay, unless it has said it is polling this stream (relay.py, outbox_wakeups)."""
+    return (f"CASE WHEN (SELECT w.notify FROM outbox_wakeups w WHERE w.stream = {stream_param}) IS NOT FALSE "
+            f"THEN pg_notify('{OUTBOX_CHANNEL}', '') END")
 
 # ----------------------------------------------------------------------------------------- reads
 
@@ -137,7 +140,7 @@ WITH inserted AS (
     SELECT $6, {_NEW_EVENT_ID}$5, 'conversation.created', $1, i.id, i.created_at, i.version,
            {EVENT_SCHEMA_VERSION}, {_api_json("i")}, NULL
     FROM inserted i
-    RETURNING {_NOTIFY}
+    RETURNING {_notify_unless_polled("$6")}
 )
 SELECT {_COLUMNS} FROM inserted
 """
@@ -180,7 +183,7 @@ WITH current AS (
            {EVENT_SCHEMA_VERSION}, {_api_json("u")},
            {_previous_attributes_json("c", "u")}
     FROM updated u, current c
-    RETURNING {_NOTIFY}
+    RETURNING {_notify_unless_polled("$14")}
 )
 SELECT {_COLUMNS} FROM updated
 UNION ALL
@@ -216,7 +219,7 @@ WITH deleted AS (
     SELECT $4, {_NEW_EVENT_ID}$3, 'conversation.deleted', $1, d.id, {_NOW_SECONDS}, d.version + 1,
            {EVENT_SCHEMA_VERSION}, {_api_json("d")}, NULL
     FROM deleted d
-    RETURNING {_NOTIFY}
+    RETURNING {_notify_unless_polled("$4")}
 )
 SELECT id FROM deleted
 """

@@ -155,3 +155,34 @@ async def test_a_killed_leader_process_is_replaced_within_5_seconds(
             second.stop()
     finally:
         first.stop()
+
+
+async def test_writers_stop_notifying_while_the_relay_polls_and_resume_when_it_is_quiet(
+        api, settings: Settings, redis_client, db: asyncpg.Connection):
+    async def writers_notify() -> bool | None:
+        return await db.fetchval("SELECT notify FROM outbox_wakeups WHERE stream = $1", settings.events_stream)
+
+    await wait_for(lambda: _is(writers_notify(), True))
+    for n in range(20):
+        await api.post("/v1/conversations", json={"contact_id": f"burst_{n}"})
+    await wait_for(lambda: _is(writers_notify(), False), timeout=2)  # busy: the relay polls
+    await wait_for_entries(redis_client, settings.events_stream, 20)
+    await wait_for(lambda: _is(writers_notify(), True), timeout=2)  # quiet: back to NOTIFY
+    started = time.monotonic()
+    await api.post("/v1/conversations", json={"contact_id": "after_the_burst"})
+    await wait_for_entries(redis_client, settings.events_stream, 21, timeout=2)
+    assert time.monotonic() - started < 0.5  # woken by the commit, not by the sweep
+
+
+async def test_a_write_that_skipped_its_notify_is_still_published_by_the_sweep(
+        api, settings: Settings, redis_client, db: asyncpg.Connection):
+    await wait_for(lambda: _is(db.fetchval("SELECT notify FROM outbox_wakeups WHERE stream = $1",
+                                           settings.events_stream), True))
+    # The hand-over race: a writer saw notify=false, but the relay had just gone back to waiting.
+    await db.execute("UPDATE outbox_wakeups SET notify = false WHERE stream = $1", settings.events_stream)
+    await api.post("/v1/conversations", json={"contact_id": "unannounced"})
+    await wait_for_entries(redis_client, settings.events_stream, 1, timeout=2.5)
+
+
+async def _is(value, expected: bool) -> bool:  # noqa: ANN001
+    return (await value) is expected
