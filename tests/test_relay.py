@@ -184,5 +184,5 @@ async def test_a_write_that_skipped_its_notify_is_still_published_by_the_sweep(
     await wait_for_entries(redis_client, settings.events_stream, 1, timeout=2.5)
 
 
-async def _is(value, expected: bool) -> bool:  # noqa: ANN001
+async def _is(value, expected: bool) -> bool:
     return (await value) is expected
