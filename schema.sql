@@ -95,3 +95,20 @@ CREATE TABLE IF NOT EXISTS outbox_wakeups (
     stream  text COLLATE "C" PRIMARY KEY,
     notify  boolean NOT NULL
 );
+
+-- Idempotency keys (README, "Idempotency"): the first response to a write sent with an
+-- Idempotency-Key, stored in the same transaction as the change, replayed to retries for 24 h.
+-- A retry that arrives while the first request runs waits on this row's uncommitted insert.
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    account_id   text COLLATE "C" NOT NULL,
+    key          text COLLATE "C" NOT NULL,
+    fingerprint  bytea NOT NULL,                      -- sha256 of method, path, media type, body
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    status       integer NOT NULL DEFAULT 0,
+    body         bytea NOT NULL DEFAULT ''::bytea,
+    location     text,
+    etag         text,
+    CONSTRAINT idempotency_keys_pkey PRIMARY KEY (account_id, key)
+);
+-- The hourly purge of keys older than 24 h.
+CREATE INDEX IF NOT EXISTS idempotency_keys_created_at_idx ON idempotency_keys (created_at);

@@ -68,7 +68,7 @@ def _lifespan(settings: Settings, run_relay: bool) -> Callable[[Litestar], Abstr
         app.state.redis = redis
         app.state.relay = relay
         app.state.authenticator = TokenAuthenticator(db, settings.token_cache_seconds)
-        app.state.conversations = Conversations(db, settings.events_stream)
+        app.state.conversations = Conversations(settings.events_stream)
         if run_relay:
             relay.start()
         sampler = asyncio.create_task(_sample_pool(pool), name="pool-sampler")

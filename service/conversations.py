@@ -1,9 +1,10 @@
 """The rules of the conversations API (API.md §2-3), between the decoded request and the SQL.
 
 Exactly one of contact_id / group_id on create, 409 naming the field and the existing
-conversation, updates that change nothing write nothing, the list's cursor and filter
-attributes. Every write and its event go to PostgreSQL as one statement (queries.py), so they
-commit or roll back together. No SQL text and no Litestar types here.
+conversation, updates that change nothing write nothing, If-Match preconditions, the list's
+cursor and filter attributes. Every write and its event go to PostgreSQL as one statement
+(queries.py), so they commit or roll back together. Each operation runs on the executor it is
+given: the pool, or the transaction of an idempotent request. No SQL text, no Litestar types.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from __future__ import annotations
 from msgspec import UNSET
 
 from service import queries
-from service.db import Database
-from service.errors import ApiError, ConversationNotFound, DuplicateConversation, InvalidRequest
-from service.wire import Conversation, ConversationCreate, ConversationPage, ConversationUpdate, ListParams
+from service.db import Executor
+from service.errors import ApiError, ConversationNotFound, DuplicateConversation, InvalidRequest, PreconditionFailed
+from service.queries import Versioned
+from service.wire import ConversationCreate, ConversationPage, ConversationUpdate, ListParams
 
 # A create whose contact was taken, but whose holder is gone by the time we look it up (deleted
 # in between), is simply tried again; this many times before giving up.
@@ -22,6 +24,7 @@ CREATE_ATTEMPTS = 5
 
 class ConcurrentChange(ApiError):
     status_code = 409
+    is_outcome = True
 
 
 def _given(value: object) -> tuple[bool, object]:
@@ -34,15 +37,18 @@ def _value_or_none(value: object) -> object:
 
 
 class Conversations:
-    """The API's operations on one account's conversations, writing events to `events_stream`."""
+    """The API's operations on one account's conversations, writing events to `events_stream`.
 
-    __slots__ = ("db", "events_stream")
+    `expected_versions` is an If-Match precondition: None for none, else the versions a write
+    may apply to (an empty list matches nothing).
+    """
 
-    def __init__(self, db: Database, events_stream: str) -> None:
-        self.db = db
+    __slots__ = ("events_stream",)
+
+    def __init__(self, events_stream: str) -> None:
         self.events_stream = events_stream
 
-    async def create(self, account_id: str, request: ConversationCreate) -> Conversation:
+    async def create(self, db: Executor, account_id: str, request: ConversationCreate) -> Versioned:
         if (request.contact_id is None) == (request.group_id is None):
             both = request.contact_id is not None
             raise InvalidRequest(
@@ -52,42 +58,53 @@ class Conversations:
         param, party_id = (("contact_id", request.contact_id) if request.contact_id is not None
                            else ("group_id", request.group_id))
         for _ in range(CREATE_ATTEMPTS):
-            created = await queries.insert_conversation(self.db, self.events_stream, account_id,
+            created = await queries.insert_conversation(db, self.events_stream, account_id,
                                                         request.contact_id, request.group_id)
             if created is not None:
                 return created
-            existing = await queries.fetch_id_by_party(self.db, account_id, param, party_id)  # type: ignore[arg-type]
+            existing = await queries.fetch_id_by_party(db, account_id, param, party_id)  # type: ignore[arg-type]
             if existing is not None:
                 raise DuplicateConversation(param, existing)
         raise ConcurrentChange(
             f"the conversation with this {param} is being created and deleted concurrently; retry", param=param)
 
-    async def retrieve(self, account_id: str, conversation_id: str) -> Conversation:
-        conversation = await queries.fetch_conversation(self.db, account_id, conversation_id)
-        if conversation is None:
+    async def retrieve(self, db: Executor, account_id: str, conversation_id: str) -> Versioned:
+        found = await queries.fetch_conversation(db, account_id, conversation_id)
+        if found is None:
             raise ConversationNotFound(conversation_id)
-        return conversation
+        return found
 
-    async def update(self, account_id: str, conversation_id: str, request: ConversationUpdate) -> Conversation:
+    async def update(self, db: Executor, account_id: str, conversation_id: str, request: ConversationUpdate,
+                     expected_versions: list[int] | None = None) -> Versioned:
         """Apply the given attributes; a body that changes nothing returns the stored conversation."""
-        updated = await queries.update_conversation(
-            self.db, self.events_stream, account_id, conversation_id,
+        outcome = await queries.update_conversation(
+            db, self.events_stream, account_id, conversation_id,
             pinned_message_id=_given(request.pinned_message_id),  # type: ignore[arg-type]
             is_pinned=_value_or_none(request.is_pinned),  # type: ignore[arg-type]
             is_muted=_value_or_none(request.is_muted),  # type: ignore[arg-type]
             last_active_at=_given(request.last_active_at),  # type: ignore[arg-type]
             last_opened_at=_given(request.last_opened_at),  # type: ignore[arg-type]
             archived_at=_given(request.archived_at),  # type: ignore[arg-type]
+            expected_versions=expected_versions,
         )
-        if updated is None:
+        if outcome is None:
             raise ConversationNotFound(conversation_id)
-        return updated
+        current, precondition_held = outcome
+        if not precondition_held:
+            raise PreconditionFailed(current[1])
+        return current
 
-    async def delete(self, account_id: str, conversation_id: str) -> None:
-        if not await queries.delete_conversation(self.db, self.events_stream, account_id, conversation_id):
+    async def delete(self, db: Executor, account_id: str, conversation_id: str,
+                     expected_versions: list[int] | None = None) -> None:
+        deleted = await queries.delete_conversation(db, self.events_stream, account_id, conversation_id,
+                                                    expected_versions)
+        if deleted is None:
             raise ConversationNotFound(conversation_id)
+        if not deleted:
+            found = await queries.fetch_conversation(db, account_id, conversation_id)
+            raise PreconditionFailed(found[1]) if found is not None else ConversationNotFound(conversation_id)
 
-    async def list(self, account_id: str, params: ListParams) -> ConversationPage:
+    async def list(self, db: Executor, account_id: str, params: ListParams) -> ConversationPage:
         if params.starting_after is not UNSET and params.ending_before is not UNSET:
             raise InvalidRequest("give starting_after or ending_before, not both", param="ending_before")
         cursor: str | None = None
@@ -98,5 +115,5 @@ class Conversations:
             cursor, cursor_id = "ending_before", params.ending_before
         filters = {name: getattr(params, name) for name in queries.LIST_FILTERS
                    if getattr(params, name) is not UNSET}
-        data, has_more = await queries.fetch_page(self.db, account_id, params.limit, cursor, cursor_id, filters)
+        data, has_more = await queries.fetch_page(db, account_id, params.limit, cursor, cursor_id, filters)
         return ConversationPage(has_more=has_more, data=data)

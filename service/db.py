@@ -9,7 +9,9 @@ domain SQL here: that is `queries.py`.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Protocol
 
 import asyncpg
 
@@ -62,6 +64,46 @@ async def create_pool(settings: Settings, *, size: int | None = None, applicatio
     )
 
 
+class Executor(Protocol):
+    """What the queries need: a Database (a statement per pooled call) or a Transaction."""
+
+    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None: ...
+
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]: ...
+
+    async def fetchval(self, query: str, *args: Any) -> Any: ...
+
+
+def _raise_if_unavailable(error: Exception) -> None:
+    if is_unavailable(error):
+        raise DatabaseUnavailable from error
+
+
+class Transaction:
+    """Statements on one connection inside BEGIN ... COMMIT, errors mapped as Database maps them."""
+
+    __slots__ = ("connection",)
+
+    def __init__(self, connection: asyncpg.Connection) -> None:
+        self.connection = connection
+
+    async def _run(self, method: str, query: str, args: tuple[Any, ...]) -> Any:
+        try:
+            return await getattr(self.connection, method)(query, *args)
+        except Exception as error:
+            _raise_if_unavailable(error)
+            raise
+
+    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
+        return await self._run("fetchrow", query, args)
+
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        return await self._run("fetch", query, args)
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        return await self._run("fetchval", query, args)
+
+
 class Database:
     """The pool behind the handlers: one statement per call, every wait bounded."""
 
@@ -83,8 +125,7 @@ class Database:
             finally:
                 await self.pool.release(connection)
         except Exception as error:
-            if is_unavailable(error):
-                raise DatabaseUnavailable from error
+            _raise_if_unavailable(error)
             raise
 
     async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
@@ -95,6 +136,35 @@ class Database:
 
     async def fetchval(self, query: str, *args: Any) -> Any:
         return await self._run("fetchval", query, args)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        """A transaction on one pooled connection: committed if the block ends normally."""
+        try:
+            connection = await self._acquire()
+        except Exception as error:
+            _raise_if_unavailable(error)
+            raise
+        try:
+            transaction = connection.transaction()
+            try:
+                await transaction.start()
+            except Exception as error:
+                _raise_if_unavailable(error)
+                raise
+            try:
+                yield Transaction(connection)
+            except BaseException:
+                if not connection.is_closed():
+                    await transaction.rollback()
+                raise
+            try:
+                await transaction.commit()
+            except Exception as error:
+                _raise_if_unavailable(error)
+                raise
+        finally:
+            await self.pool.release(connection)
 
     async def close(self) -> None:
         await self.pool.close()

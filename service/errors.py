@@ -7,6 +7,8 @@
     ├── RouteNotFound             404  no such path
     ├── MethodNotAllowed          405  the path exists, the method does not (Allow: ...)
     ├── DuplicateConversation     409  the account already has one with this contact or group
+    ├── IdempotencyKeyInUse       409  a request with the same Idempotency-Key is still running
+    ├── PreconditionFailed        412  If-Match names a version the conversation no longer has
     ├── PayloadTooLarge           413  body over 64 KiB
     ├── UnsupportedMediaType      415  a body that is neither JSON nor form data
     └── DatabaseUnavailable       503  PostgreSQL unreachable or too slow (Retry-After)
@@ -46,6 +48,9 @@ class ApiError(Exception):
 
     status_code: int = 400
     error_type: ClassVar[str] = "invalid_request"
+    # An outcome of carrying out a write (not a refusal to start one): stored with its
+    # Idempotency-Key and replayed to retries, like a success.
+    is_outcome: ClassVar[bool] = False
 
     def __init__(self, message: str, *, param: str | None = None, headers: dict[str, str] | None = None,
                  status_code: int | None = None) -> None:
@@ -76,6 +81,7 @@ class Unauthenticated(ApiError):
 
 class ConversationNotFound(ApiError):
     status_code = 404
+    is_outcome = True
 
     def __init__(self, conversation_id: str) -> None:
         super().__init__(f"there is no conversation {conversation_id[:100]!r} in this account", param="id")
@@ -91,6 +97,7 @@ class MethodNotAllowed(ApiError):
 
 class DuplicateConversation(ApiError):
     status_code = 409
+    is_outcome = True
 
     def __init__(self, param: str, conversation_id: str) -> None:
         super().__init__(
@@ -102,6 +109,23 @@ class DuplicateConversation(ApiError):
     def body(self) -> ErrorBody:
         return ConflictErrorBody(type=self.error_type, message=self.message, param=self.param,
                                  conversation_id=self.conversation_id)
+
+
+class IdempotencyKeyInUse(ApiError):
+    status_code = 409
+
+    def __init__(self) -> None:
+        super().__init__("a request with this Idempotency-Key is still being processed; retry shortly",
+                         param="Idempotency-Key")
+
+
+class PreconditionFailed(ApiError):
+    status_code = 412
+    is_outcome = True
+
+    def __init__(self, current_version: int) -> None:
+        super().__init__(f'the conversation is now at version "{current_version}", not the one If-Match names; '
+                         "retrieve it and retry", param="If-Match")
 
 
 class PayloadTooLarge(ApiError):

@@ -51,6 +51,10 @@ in a body or a query string, are a 400 naming the attribute.
 **Errors** are `{"type", "message", "param"}`: `type` is `invalid_request` for 4xx and
 `api_error` for 5xx; `param` names the offending attribute, or is null.
 
+**Retries and concurrency**: send `Idempotency-Key` with a write to make its retry safe (the
+first response is replayed, nothing changes twice); responses carry the conversation's version
+as `ETag`, and `If-Match` makes a write fail with 412 if someone changed it meanwhile.
+
 **Pagination** is by cursor: `starting_after` / `ending_before` take a conversation id, which
 is a position in the list (newest first), so pages never skip or repeat items.
 
@@ -118,7 +122,9 @@ _ERROR_DESCRIPTIONS = {
     400: "A bad attribute, body or query string (`param` names the attribute).",
     401: "Missing, unknown or revoked token.",
     404: "No such conversation in this account (or no such route).",
-    409: "The account already has a conversation with this contact or group.",
+    409: ("The account already has a conversation with this contact or group, or a request with the same "
+          "Idempotency-Key is still running."),
+    412: "If-Match names a version the conversation no longer has (nothing was changed).",
     413: "The body is over 64 KiB.",
     415: "The body is neither JSON nor form data.",
     500: "An unexpected error on our side (logged; the body has no details).",
@@ -143,6 +149,25 @@ def _request_body(name: str, required: bool) -> dict[str, Any]:
     return {"required": required,
             "content": {JSON_MEDIA_TYPE: {"schema": _ref(name)}, FORM_MEDIA_TYPE: {"schema": _ref(name + "Form")}}}
 
+
+_IDEMPOTENCY_KEY_PARAMETER = {
+    "name": "Idempotency-Key", "in": "header", "required": False,
+    "schema": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,255}$"},
+    "description": ("Makes a retry safe: the first response to this key (per account) is stored for 24 hours "
+                    "with the change, and a retry of the same request gets it back (with Idempotent-Replayed: "
+                    "true) without changing anything again. The same key with another method, path or body "
+                    "is a 400; a retry while the first still runs waits for it, then 409."),
+}
+_IF_MATCH_PARAMETER = {
+    "name": "If-Match", "in": "header", "required": False, "schema": {"type": "string"},
+    "example": '"3"',
+    "description": ("Apply the write only if the conversation's version (its ETag) is one of these strong "
+                    "entity tags, or `*`; otherwise 412 and nothing changes."),
+}
+_ETAG_HEADER = {"ETag": {"schema": {"type": "string"}, "required": True,
+                         "description": "The conversation's version, changed by every effective update."}}
+_REPLAYED_HEADER = {"Idempotent-Replayed": {"schema": {"type": "string", "const": "true"},
+                                            "description": "Present on a response replayed for an Idempotency-Key."}}
 
 _CONVERSATION_ID_PARAMETER = {
     "name": "conversation_id", "in": "path", "required": True,
@@ -174,7 +199,8 @@ def build_document() -> dict[str, Any]:
     schemas = _schemas()
     _, list_components = msgspec.json.schema_components([ListParams], ref_template=_REF)
     bearer = [{"bearerAuth": []}]
-    conversation_200 = {"description": "The conversation.", "content": _json("Conversation")}
+    conversation_200 = {"description": "The conversation.", "content": _json("Conversation"),
+                        "headers": {**_ETAG_HEADER, **_REPLAYED_HEADER}}
     tags = ["conversations"]
     item_errors = _errors(400, 404)
     paths: dict[str, Any] = {
@@ -184,10 +210,12 @@ def build_document() -> dict[str, Any]:
                     "responses": {"200": {"description": "A page of conversations.",
                                           "content": _json("ConversationPage")}, **_errors(400)}},
             "post": {"operationId": "createConversation", "summary": "Create a conversation with a contact or group",
-                     "tags": tags, "security": bearer, "requestBody": _request_body("ConversationCreate", True),
+                     "tags": tags, "security": bearer, "parameters": [_IDEMPOTENCY_KEY_PARAMETER],
+                     "requestBody": _request_body("ConversationCreate", True),
                      "responses": {"201": {**conversation_200, "description": "The new conversation.",
                                            "headers": {"Location": {"schema": {"type": "string"}, "required": True,
-                                                                    "description": "/v1/conversations/{id}"}}},
+                                                                    "description": "/v1/conversations/{id}"},
+                                                       **_ETAG_HEADER, **_REPLAYED_HEADER}},
                                    **_errors(400, 409, 413, 415)}},
         },
         "/v1/conversations/{conversation_id}": {
@@ -198,11 +226,14 @@ def build_document() -> dict[str, Any]:
                     "description": ("Any subset of the attributes; null clears a nullable one. last_opened_at and "
                                     "last_active_at only move forward: a lower value is ignored. A body that changes "
                                     "nothing returns the conversation unchanged."),
-                    "tags": tags, "security": bearer, "requestBody": _request_body("ConversationUpdate", False),
-                    "responses": {"200": conversation_200, **_errors(400, 404, 413, 415)}},
+                    "tags": tags, "security": bearer, "parameters": [_IDEMPOTENCY_KEY_PARAMETER, _IF_MATCH_PARAMETER],
+                    "requestBody": _request_body("ConversationUpdate", False),
+                    "responses": {"200": conversation_200, **_errors(400, 404, 409, 412, 413, 415)}},
             "delete": {"operationId": "deleteConversation", "summary": "Delete a conversation permanently",
                        "tags": tags, "security": bearer,
-                       "responses": {"204": {"description": "Deleted; no body."}, **_errors(400, 404, 413, 415)}},
+                       "parameters": [_IDEMPOTENCY_KEY_PARAMETER, _IF_MATCH_PARAMETER],
+                       "responses": {"204": {"description": "Deleted; no body.", "headers": _REPLAYED_HEADER},
+                                     **_errors(400, 404, 409, 412, 413, 415)}},
         },
         "/health": {"get": {"operationId": "health", "summary": "Liveness: the process answers",
                             "tags": ["operations"], "security": [],

@@ -18,7 +18,7 @@ from functools import cache
 import asyncpg
 import msgspec
 
-from service.db import Database
+from service.db import Executor
 from service.ids import random_part
 from service.wire import CONVERSATION_FIELDS, Conversation
 
@@ -61,19 +61,26 @@ def _notify_unless_polled(stream_param: str) -> str:
 
 # ----------------------------------------------------------------------------------------- reads
 
-SELECT_CONVERSATION = f"SELECT {_COLUMNS} FROM conversations WHERE account_id = $1 AND id = $2"
+SELECT_CONVERSATION = f"SELECT {_COLUMNS}, version FROM conversations WHERE account_id = $1 AND id = $2"
+
+# A conversation and its version (the event sequence of its last change: the ETag).
+Versioned = tuple[Conversation, int]
 
 
-async def fetch_conversation(db: Database, account_id: str, conversation_id: str) -> Conversation | None:
+def _versioned(row: asyncpg.Record) -> Versioned:
+    return Conversation(*row[:10]), row[10]
+
+
+async def fetch_conversation(db: Executor, account_id: str, conversation_id: str) -> Versioned | None:
     row = await db.fetchrow(SELECT_CONVERSATION, account_id, conversation_id)
-    return None if row is None else Conversation(*row)
+    return None if row is None else _versioned(row)
 
 
 SELECT_ID_BY_CONTACT = "SELECT id FROM conversations WHERE account_id = $1 AND contact_id = $2"
 SELECT_ID_BY_GROUP = "SELECT id FROM conversations WHERE account_id = $1 AND group_id = $2"
 
 
-async def fetch_id_by_party(db: Database, account_id: str, param: str, party_id: str) -> str | None:
+async def fetch_id_by_party(db: Executor, account_id: str, param: str, party_id: str) -> str | None:
     """The id of the account's conversation with this contact (`param` contact_id) or group."""
     query = SELECT_ID_BY_CONTACT if param == "contact_id" else SELECT_ID_BY_GROUP
     return await db.fetchval(query, account_id, party_id)
@@ -111,7 +118,7 @@ def list_statement(cursor: str | None, filters: tuple[str, ...]) -> str:
             f"ORDER BY id {order} LIMIT $2")
 
 
-async def fetch_page(db: Database, account_id: str, size: int, cursor: str | None, cursor_id: str | None,
+async def fetch_page(db: Executor, account_id: str, size: int, cursor: str | None, cursor_id: str | None,
                      filters: dict[str, object]) -> tuple[list[Conversation], bool]:
     """Up to `size` conversations in list order, and whether more exist beyond them."""
     names = tuple(filters)
@@ -142,16 +149,16 @@ WITH inserted AS (
     FROM inserted i
     RETURNING {_notify_unless_polled("$6")}
 )
-SELECT {_COLUMNS} FROM inserted
+SELECT {_COLUMNS}, version FROM inserted
 """
 
 
-async def insert_conversation(db: Database, stream: str, account_id: str, contact_id: str | None,
-                              group_id: str | None) -> Conversation | None:
+async def insert_conversation(db: Executor, stream: str, account_id: str, contact_id: str | None,
+                              group_id: str | None) -> Versioned | None:
     """The new conversation and its created event, or None if the contact or group is taken."""
     row = await db.fetchrow(INSERT_CONVERSATION_UNLESS_EXISTS, account_id, random_part(), contact_id, group_id,
                             random_part(), stream)
-    return None if row is None else Conversation(*row)
+    return None if row is None else _versioned(row)
 
 
 UPDATE_CONVERSATION_IF_CHANGED = f"""
@@ -174,6 +181,7 @@ WITH current AS (
     SET {", ".join(f"{f} = p.{f}" for f in UPDATABLE_FIELDS)}, version = t.version + 1
     FROM proposed p, current c
     WHERE t.account_id = $1 AND t.id = $2
+      AND ($15::bigint[] IS NULL OR c.version = ANY($15::bigint[]))
       AND ({", ".join(f"p.{f}" for f in UPDATABLE_FIELDS)})
           IS DISTINCT FROM ({", ".join(f"c.{f}" for f in UPDATABLE_FIELDS)})
     RETURNING {_columns("t")}, t.version
@@ -185,35 +193,41 @@ WITH current AS (
     FROM updated u, current c
     RETURNING {_notify_unless_polled("$14")}
 )
-SELECT {_COLUMNS} FROM updated
+SELECT {_COLUMNS}, version, true FROM updated
 UNION ALL
-SELECT {_COLUMNS} FROM current WHERE NOT EXISTS (SELECT FROM updated)
+SELECT {_COLUMNS}, version, ($15::bigint[] IS NULL OR version = ANY($15::bigint[])) FROM current
+WHERE NOT EXISTS (SELECT FROM updated)
 """
 
 _UNSET_ARGS = (False, None)
 
 
-async def update_conversation(db: Database, stream: str, account_id: str, conversation_id: str,
+async def update_conversation(db: Executor, stream: str, account_id: str, conversation_id: str,
                               pinned_message_id: tuple[bool, str | None], is_pinned: bool | None,
                               is_muted: bool | None, last_active_at: tuple[bool, int | None],
-                              last_opened_at: tuple[bool, int | None], archived_at: tuple[bool, int | None]
-                              ) -> Conversation | None:
+                              last_opened_at: tuple[bool, int | None], archived_at: tuple[bool, int | None],
+                              expected_versions: list[int] | None = None) -> tuple[Versioned, bool] | None:
     """Apply an update (None or (False, _): leave the field); None if there is no such conversation.
 
     Nullable fields come as (given, value) so that "clear it" and "leave it" stay apart. The
     statement writes, bumps `version` and emits an event only if a value really changes;
     `last_active_at` / `last_opened_at` never move backwards (GREATEST), though null clears them.
+    With `expected_versions` (If-Match), it changes nothing unless the locked row's version is
+    one of them. Returns the conversation as it now is, and whether the precondition held.
     """
     row = await db.fetchrow(UPDATE_CONVERSATION_IF_CHANGED, account_id, conversation_id,
                             *pinned_message_id, is_pinned, is_muted, *last_active_at, *last_opened_at,
-                            *archived_at, random_part(), stream)
-    return None if row is None else Conversation(*row)
+                            *archived_at, random_part(), stream, expected_versions)
+    return None if row is None else (_versioned(row), row[11])
 
 
 DELETE_CONVERSATION = f"""
-WITH deleted AS (
-    DELETE FROM conversations WHERE account_id = $1 AND id = $2
-    RETURNING {_COLUMNS}, version
+WITH target AS (
+    SELECT version FROM conversations WHERE account_id = $1 AND id = $2 FOR UPDATE
+), deleted AS (
+    DELETE FROM conversations c USING target t
+    WHERE c.account_id = $1 AND c.id = $2 AND ($5::bigint[] IS NULL OR t.version = ANY($5::bigint[]))
+    RETURNING {_columns("c")}, c.version
 ), event AS (
     INSERT INTO conversation_outbox ({_OUTBOX_COLUMNS})
     SELECT $4, {_NEW_EVENT_ID}$3, 'conversation.deleted', $1, d.id, {_NOW_SECONDS}, d.version + 1,
@@ -221,13 +235,20 @@ WITH deleted AS (
     FROM deleted d
     RETURNING {_notify_unless_polled("$4")}
 )
-SELECT id FROM deleted
+SELECT (SELECT version FROM target), EXISTS (SELECT FROM deleted)
 """
 
 
-async def delete_conversation(db: Database, stream: str, account_id: str, conversation_id: str) -> bool:
-    """Delete the conversation and emit its deleted event; False if there was none."""
-    return await db.fetchval(DELETE_CONVERSATION, account_id, conversation_id, random_part(), stream) is not None
+async def delete_conversation(db: Executor, stream: str, account_id: str, conversation_id: str,
+                              expected_versions: list[int] | None = None) -> bool | None:
+    """Delete the conversation and emit its deleted event.
+
+    None if there is no such conversation; False if `expected_versions` (If-Match) did not
+    include its version, so nothing was deleted; True once deleted.
+    """
+    row = await db.fetchrow(DELETE_CONVERSATION, account_id, conversation_id, random_part(), stream,
+                            expected_versions)
+    return None if row[0] is None else row[1]
 
 
 # ---------------------------------------------------------------------------------------- tokens
@@ -235,7 +256,7 @@ async def delete_conversation(db: Database, stream: str, account_id: str, conver
 SELECT_ACCOUNT_FOR_TOKEN = "SELECT account_id FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL"
 
 
-async def fetch_account_for_token(db: Database, token_hash: bytes) -> str | None:
+async def fetch_account_for_token(db: Executor, token_hash: bytes) -> str | None:
     return await db.fetchval(SELECT_ACCOUNT_FOR_TOKEN, token_hash)
 
 

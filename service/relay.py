@@ -47,6 +47,7 @@ from redis.exceptions import RedisError
 
 from service.db import is_unavailable
 from service.events import STREAM_FIELDS
+from service.idempotency import DELETE_EXPIRED as DELETE_EXPIRED_IDEMPOTENCY_KEYS
 from service.metrics import EVENTS_PUBLISHED, UNREAD_DROPPED
 from service.queries import OUTBOX_CHANNEL
 from service.redis_client import Durability, detect_durability
@@ -60,6 +61,7 @@ QUIET_POLLS_BEFORE_LISTENING = 30  # ~0.1 s without an event: back to waiting fo
 SWEEP_SECONDS = 1.0
 FOLLOWER_POLL_SECONDS = 1.0
 TRIM_INTERVAL_SECONDS = 1.0
+PURGE_INTERVAL_SECONDS = 60.0
 WAITAOF_TIMEOUT_MS = 1000
 BACKOFF_FIRST_SECONDS = 0.05
 BACKOFF_MAX_SECONDS = 5.0
@@ -154,6 +156,7 @@ class Relay:
         self._task: asyncio.Task[None] | None = None
         self._connection: asyncpg.Connection | None = None
         self._last_trim = 0.0
+        self._last_purge = 0.0
         self._durability_warned = False
 
     # ------------------------------------------------------------------------------ lifecycle
@@ -250,6 +253,7 @@ class Relay:
                 continue
             redis_backoff.reset()
             await self._maybe_trim()
+            await self._maybe_purge_idempotency_keys(connection)
             if published == BATCH_SIZE:
                 continue  # more are waiting
             if self._stopping:
@@ -360,6 +364,14 @@ class Relay:
                            type(error).__name__, error)
 
     # ------------------------------------------------------------------------------- trimming
+
+    async def _maybe_purge_idempotency_keys(self, connection: asyncpg.Connection) -> None:
+        """Housekeeping the leader does: forget idempotency keys past their 24 hours, a batch a minute."""
+        now = time.monotonic()
+        if now - self._last_purge < PURGE_INTERVAL_SECONDS:
+            return
+        self._last_purge = now
+        await connection.execute(DELETE_EXPIRED_IDEMPOTENCY_KEYS)
 
     async def _maybe_trim(self) -> None:
         now = time.monotonic()

@@ -51,6 +51,16 @@ class Conversation(msgspec.Struct):
 CONVERSATION_FIELDS = Conversation.__struct_fields__
 
 
+class Reply(msgspec.Struct, kw_only=True):
+    """A response of /v1/conversations, encoded: what a write with an Idempotency-Key stores."""
+
+    status: int
+    body: bytes = b""
+    location: str | None = None
+    etag: str | None = None
+    replayed: bool = False  # an idempotent retry's stored answer
+
+
 class ConversationPage(msgspec.Struct):
     """One page of a list (API.md §3)."""
 

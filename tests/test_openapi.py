@@ -142,3 +142,14 @@ async def test_documented_request_schemas_accept_what_the_api_accepts_and_reject
         with pytest.raises(jsonschema.ValidationError):
             check(document, form, invalid)
     assert schemas["ConversationUpdateForm"]["additionalProperties"] is False
+
+
+async def test_writes_document_idempotency_keys_and_preconditions(document: dict):
+    item = document["paths"]["/v1/conversations/{conversation_id}"]
+    create = document["paths"]["/v1/conversations"]["post"]
+    assert "Idempotency-Key" in {p["name"] for p in create["parameters"]}
+    for method in ("put", "patch", "delete"):
+        names = {p["name"] for p in item[method]["parameters"]}
+        assert {"Idempotency-Key", "If-Match"} <= names
+        assert "412" in item[method]["responses"]
+    assert "ETag" in item["get"]["responses"]["200"]["headers"]
