@@ -157,6 +157,8 @@ class Relay:
         self._connection: asyncpg.Connection | None = None
         self._last_trim = 0.0
         self._last_purge = 0.0
+        self._polling = False  # see _pace
+        self._quiet_polls = 0
         self._durability_warned = False
 
     # ------------------------------------------------------------------------------ lifecycle
@@ -226,21 +228,13 @@ class Relay:
             logger.info("relay reconnected to PostgreSQL")
             self.stats.database_failing_since = None
         redis_backoff = _Backoff()
-        polling = False  # see _serve's docstring
-        quiet_polls = 0
         while True:
-            if not self.stats.is_leader:
-                if await connection.fetchval(TRY_LEADERSHIP, self._stream):
-                    self.stats.is_leader = True
-                    polling = False
-                    await connection.execute(SET_WRITERS_NOTIFY, self._stream, True)
-                    logger.info("this process now publishes stream %s", self._stream)
-                elif self._stopping:
+            if not self.stats.is_leader and not await self._take_leadership(connection):
+                if self._stopping:
                     return
-                else:
-                    # Followers ignore NOTIFY: only a stop, or the poll interval, ends the wait.
-                    await self._wait_for(self._stop_requested, FOLLOWER_POLL_SECONDS)
-                    continue
+                # Followers ignore NOTIFY: only a stop, or the poll interval, ends the wait.
+                await self._wait_for(self._stop_requested, FOLLOWER_POLL_SECONDS)
+                continue
             # Cleared before the batch query, so a NOTIFY for a row the query misses still wakes us.
             self._wake.clear()
             try:
@@ -258,25 +252,46 @@ class Relay:
                 continue  # more are waiting
             if self._stopping:
                 return  # the outbox is drained
-            if published:
-                quiet_polls = 0
-                if not polling:
-                    polling = True
-                    await connection.execute(SET_WRITERS_NOTIFY, self._stream, False)
-                # Busy: let a few more commits gather, so each round trip carries more events.
+            await self._pace(connection, published)
+
+    async def _take_leadership(self, connection: asyncpg.Connection) -> bool:
+        if not await connection.fetchval(TRY_LEADERSHIP, self._stream):
+            return False
+        self.stats.is_leader = True
+        self._polling = False
+        await connection.execute(SET_WRITERS_NOTIFY, self._stream, True)
+        logger.info("this process now publishes stream %s", self._stream)
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            # Learn (and warn about) Redis's durability now; if Redis is down, the first batch asks.
+            async with asyncio.timeout(self._settings.redis_timeout):
+                await self._durability()
+        return True
+
+    async def _pace(self, connection: asyncpg.Connection, published: int) -> None:
+        """Between batches: poll while busy, wait for NOTIFY (or the sweep) once quiet.
+
+        A batch that found events puts the relay in polling mode (writers told to skip NOTIFY)
+        and the next fetch follows after POLL_SECONDS, so more events ride on each round trip.
+        After QUIET_POLLS_BEFORE_LISTENING empty polls it asks writers to notify again and
+        returns without waiting, so the loop fetches once more before it waits: what committed
+        while writers were not notifying is not left for the sweep.
+        """
+        if published:
+            self._quiet_polls = 0
+            if not self._polling:
+                self._polling = True
+                await connection.execute(SET_WRITERS_NOTIFY, self._stream, False)
+            await asyncio.sleep(POLL_SECONDS)
+            return
+        if self._polling:
+            self._quiet_polls += 1
+            if self._quiet_polls < QUIET_POLLS_BEFORE_LISTENING:
                 await asyncio.sleep(POLL_SECONDS)
-                continue
-            if polling:
-                quiet_polls += 1
-                if quiet_polls < QUIET_POLLS_BEFORE_LISTENING:
-                    await asyncio.sleep(POLL_SECONDS)
-                    continue
-                # Quiet again: writers notify from now on; look once more for what committed
-                # while they did not (the loop fetches before it waits).
-                polling = False
-                await connection.execute(SET_WRITERS_NOTIFY, self._stream, True)
-                continue
-            await self._wait_for(self._wake, SWEEP_SECONDS)
+                return
+            self._polling = False
+            await connection.execute(SET_WRITERS_NOTIFY, self._stream, True)
+            return
+        await self._wait_for(self._wake, SWEEP_SECONDS)
 
     def _on_notify(self, *_: object) -> None:
         self._wake.set()

@@ -38,7 +38,8 @@ def check_account_id(account_id: str) -> str:
 
 
 async def _connect(settings: Settings) -> asyncpg.Connection:
-    return await asyncpg.connect(settings.database_url, timeout=settings.db_connect_timeout)
+    return await asyncpg.connect(settings.database_url, timeout=settings.db_connect_timeout,
+                                 command_timeout=settings.db_statement_timeout)
 
 
 async def create_token(settings: Settings, account_id: str) -> tuple[str, TokenRecord]:
