@@ -107,23 +107,44 @@ class Transaction:
 class Database:
     """The pool behind the handlers: one statement per call, every wait bounded."""
 
-    __slots__ = ("acquire_timeout", "pool")
+    __slots__ = ("_checked_out", "acquire_timeout", "pool", "size")
 
     def __init__(self, pool: asyncpg.Pool, acquire_timeout: float) -> None:
         self.pool = pool
         self.acquire_timeout = acquire_timeout
+        self.size = pool.get_max_size()
+        self._checked_out = 0
 
-    async def _acquire(self) -> asyncpg.Connection:
-        async with asyncio.timeout(self.acquire_timeout):
-            return await self.pool.acquire()
+    async def acquire(self) -> asyncpg.Connection:
+        """A pooled connection within `acquire_timeout` (release it with `release`).
+
+        While fewer than `size` connections are out, a free one is certain, and acquiring it
+        can at most (re)connect, which the connect timeout bounds; only past that does the call
+        queue, and only then is it wrapped in asyncio.timeout (which costs several µs a call,
+        a few per cent of a request). The count is taken before the first await, so concurrent
+        callers cannot both count on the last free connection.
+        """
+        self._checked_out += 1
+        try:
+            if self._checked_out <= self.size:
+                return await self.pool.acquire()
+            async with asyncio.timeout(self.acquire_timeout):
+                return await self.pool.acquire()
+        except BaseException:
+            self._checked_out -= 1
+            raise
+
+    async def release(self, connection: asyncpg.Connection) -> None:
+        self._checked_out -= 1
+        await self.pool.release(connection)
 
     async def _run(self, method: str, query: str, args: tuple[Any, ...]) -> Any:
         try:
-            connection = await self._acquire()
+            connection = await self.acquire()
             try:
                 return await getattr(connection, method)(query, *args)
             finally:
-                await self.pool.release(connection)
+                await self.release(connection)
         except Exception as error:
             _raise_if_unavailable(error)
             raise
@@ -141,7 +162,7 @@ class Database:
     async def transaction(self) -> AsyncIterator[Transaction]:
         """A transaction on one pooled connection: committed if the block ends normally."""
         try:
-            connection = await self._acquire()
+            connection = await self.acquire()
         except Exception as error:
             _raise_if_unavailable(error)
             raise
@@ -164,7 +185,7 @@ class Database:
                 _raise_if_unavailable(error)
                 raise
         finally:
-            await self.pool.release(connection)
+            await self.release(connection)
 
     async def close(self) -> None:
         await self.pool.close()

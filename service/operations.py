@@ -49,11 +49,11 @@ def health() -> ASGIResponse:
 async def _check_postgres(db: Database, stream: str) -> tuple[int, int | None] | None:
     try:
         async with asyncio.timeout(READY_CHECK_SECONDS):
-            connection = await db.pool.acquire()
+            connection = await db.acquire()
             try:
                 return await outbox_backlog(connection, stream)
             finally:
-                await db.pool.release(connection)
+                await db.release(connection)
     except Exception:  # any failure at all means "not ready", which is the answer
         return None
 

@@ -101,3 +101,22 @@ async def test_an_unexpected_error_is_a_500_without_details_and_logged_with_its_
     [record] = [r for r in caplog.records if r.name == "service.app"]
     assert record.exc_info is not None and "UndefinedTable" in type(record.exc_info[1]).__name__
     assert "/v1/conversations" in record.getMessage()
+
+
+async def test_a_call_that_cannot_get_a_pooled_connection_in_time_is_a_503(settings: Settings, account: Account):
+    settings = msgspec.structs.replace(settings, db_pool_size=2, db_acquire_timeout=0.5)
+    async with Lifespan(app := create_app(settings)), client_for(app, account.token) as api:
+        assert (await api.get("/v1/conversations")).status_code == 200  # the token is cached now
+        database = app.state.db
+        held = [await database.acquire(), await database.acquire()]  # the whole pool, checked out
+        try:
+            started = time.monotonic()
+            response = await api.get("/v1/conversations")
+            waited = time.monotonic() - started
+        finally:
+            for connection in held:
+                await database.release(connection)
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "1"
+        assert 0.4 < waited < 2
+        assert (await api.get("/v1/conversations")).status_code == 200
