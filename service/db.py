@@ -9,6 +9,7 @@ domain SQL here: that is `queries.py`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
@@ -72,6 +73,18 @@ class Executor(Protocol):
     async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]: ...
 
     async def fetchval(self, query: str, *args: Any) -> Any: ...
+
+
+def _drop_if_suspect(connection: asyncpg.Connection, error: BaseException) -> None:
+    """Close at once a connection whose statement timed out, was cancelled or lost its server.
+
+    Released as it is, asyncpg would first wait for the cancel request it sent to a server that
+    may be hung (up to the statement timeout again), and the 503 would wait with it. A closed
+    connection is released immediately, and the pool opens a fresh one when it is next needed.
+    """
+    if isinstance(error, asyncio.CancelledError) or is_unavailable(error):
+        with contextlib.suppress(asyncpg.InterfaceError):  # already closed and handed back
+            connection.terminate()
 
 
 def _raise_if_unavailable(error: Exception) -> None:
@@ -143,6 +156,9 @@ class Database:
             connection = await self.acquire()
             try:
                 return await getattr(connection, method)(query, *args)
+            except BaseException as error:
+                _drop_if_suspect(connection, error)
+                raise
             finally:
                 await self.release(connection)
         except Exception as error:
@@ -175,7 +191,8 @@ class Database:
                 raise
             try:
                 yield Transaction(connection)
-            except BaseException:
+            except BaseException as error:
+                _drop_if_suspect(connection, error.__cause__ or error)
                 if not connection.is_closed():
                     await transaction.rollback()
                 raise

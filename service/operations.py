@@ -9,8 +9,10 @@ the API keeps working without Redis.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
+import asyncpg
 import msgspec
 from litestar import Request, get
 from litestar.response.base import ASGIResponse
@@ -52,6 +54,10 @@ async def _check_postgres(db: Database, stream: str) -> tuple[int, int | None] |
             connection = await db.acquire()
             try:
                 return await outbox_backlog(connection, stream)
+            except BaseException:
+                with contextlib.suppress(asyncpg.InterfaceError):
+                    connection.terminate()  # cut short: do not wait on a server that did not answer
+                raise
             finally:
                 await db.release(connection)
     except Exception:  # any failure at all means "not ready", which is the answer

@@ -200,7 +200,9 @@ class Relay:
                 await self._serve()
                 return
             except Exception as error:
-                await self._close_connection()
+                await self._close_connection(graceful=False)
+                if self.stats.database_failing_since is None:
+                    backoff.reset()  # a new outage: start again from the shortest delay
                 if not (is_unavailable(error) or isinstance(error, asyncpg.PostgresError)):
                     logger.exception("relay failed unexpectedly; restarting it")
                 elif self.stats.database_failing_since is None:
@@ -309,15 +311,19 @@ class Relay:
             seconds = min(seconds, max(0.0, self._flush_deadline - time.monotonic()))
         await asyncio.sleep(seconds)
 
-    async def _close_connection(self) -> None:
+    async def _close_connection(self, *, graceful: bool = True) -> None:
+        """End the session (and with it the advisory lock); after a failure, without waiting."""
         connection, self._connection = self._connection, None
         self.stats.is_leader = False
-        if connection is not None and not connection.is_closed():
-            # Closing the session releases the advisory lock.
-            try:
-                await asyncio.wait_for(connection.close(), timeout=2.0)
-            except Exception:  # a dead socket cannot close cleanly
-                connection.terminate()
+        if connection is None or connection.is_closed():
+            return
+        if not graceful:
+            connection.terminate()
+            return
+        try:
+            await asyncio.wait_for(connection.close(), timeout=2.0)
+        except Exception:  # a dead socket cannot close cleanly
+            connection.terminate()
 
     # ----------------------------------------------------------------------------- publishing
 
