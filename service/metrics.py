@@ -17,11 +17,15 @@ from collections.abc import Iterable, Iterator
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.platform_collector import PLATFORM_COLLECTOR
 from prometheus_client.registry import REGISTRY, Collector
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# /metrics needs no token: it must not tell the world which Python this is (python_info).
+REGISTRY.unregister(PLATFORM_COLLECTOR)
 SCRAPE_CHECK_SECONDS = 1.0
 
 REQUESTS = Counter("conversations_http_requests_total",

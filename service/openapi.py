@@ -80,8 +80,27 @@ def _schemas() -> dict[str, Any]:
     return components
 
 
+def digits_at_most(limit: int) -> str:
+    """A regex for decimal numbers from 0 to `limit` (leading zeros allowed, 20 digits at most).
+
+    The form decoder reads any run of up to 20 digits as an integer; JSON Schema has no
+    `maximum` for a string, so the bound is spelt out digit by digit.
+    """
+    digits = str(limit)
+    alternatives = [f"[0-9]{{1,{len(digits) - 1}}}"] if len(digits) > 1 else []
+    for position, digit in enumerate(digits):
+        if digit != "0":
+            rest = len(digits) - position - 1
+            lower, upper = (0 if position else 1), int(digit) - 1
+            if upper >= lower:
+                below = str(upper) if upper == lower else f"[{lower}-{upper}]"
+                alternatives.append(digits[:position] + below + (f"[0-9]{{{rest}}}" if rest else ""))
+    alternatives.append(digits)
+    return f"^(?=[0-9]{{1,20}}$)0*(?:{'|'.join(alternatives)})$"
+
+
 _FORM_BOOLEAN = {"type": "string", "enum": ["true", "false"]}
-_FORM_TIMESTAMP = {"type": "string", "pattern": "^[0-9]{1,12}$",
+_FORM_TIMESTAMP = {"type": "string", "pattern": digits_at_most(MAX_TIMESTAMP),
                    "description": f"decimal digits, 0 to {MAX_TIMESTAMP}"}
 _FORM_NULL = {"type": "string", "enum": [""], "description": "an empty value means null"}
 
@@ -104,9 +123,9 @@ def _form_schema(json_schema: dict[str, Any]) -> dict[str, Any]:
     form = copy.deepcopy(json_schema)
     form["title"] = json_schema["title"] + "Form"
     form["properties"] = {name: _form_value(value) for name, value in json_schema["properties"].items()}
-    form.pop("oneOf", None)
-    if "oneOf" in json_schema:
-        form["description"] = json_schema.get("description", "") + " Give exactly one of contact_id and group_id."
+    if "oneOf" in json_schema:  # exactly one party; in a form, an empty value is no value
+        form["oneOf"] = [{"required": [name], "properties": {name: {"minLength": 1}}}
+                         for name in ("contact_id", "group_id")]
     return form
 
 

@@ -15,6 +15,7 @@ from types import FrameType
 
 import uvicorn
 
+from service.http_protocol import ContractHttpToolsProtocol
 from service.migrate import migrate
 from service.settings import Settings
 
@@ -46,7 +47,7 @@ def serve(settings: Settings, *, migrate_first: bool = True, workers: int | None
         port=settings.port,
         workers=worker_count,
         loop="uvloop",
-        http="httptools",
+        http=ContractHttpToolsProtocol,  # httptools, answering unparsable requests in the error shape
         lifespan="on",
         access_log=False,
         log_config=None,

@@ -238,6 +238,23 @@ def decode_query(query_string: bytes, struct_type: type[T]) -> T:
     return decode_pairs(_parse_pairs(encoded, "query string"), struct_type)
 
 
+# A name of the top-level object: once the body decoded into a Struct, every value is a bool,
+# an integer, null or a string of [A-Za-z0-9_-], so a quoted run followed by a colon is a name.
+_JSON_NAME = re.compile(rb'"([A-Za-z0-9_]{1,64})"\s*:')
+
+
+def _reject_repeated_names(body: bytes) -> None:
+    """A JSON object that names an attribute twice is ambiguous: a 400, as for form data.
+
+    msgspec keeps the last value silently (RFC 8259 leaves repeated names undefined).
+    """
+    seen: set[bytes] = set()
+    for name in _JSON_NAME.findall(body):
+        if name in seen:
+            raise InvalidRequest(f"{name.decode()} is given more than once", param=name.decode())
+        seen.add(name)
+
+
 JSON_MEDIA_TYPE = "application/json"
 FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
 
@@ -249,9 +266,13 @@ def decode_body(body: bytes, content_type: str | None, struct_type: type[T]) -> 
     media_type = (content_type or "").partition(";")[0].strip().lower()
     if media_type == JSON_MEDIA_TYPE:
         try:
-            return _json_decoder(struct_type).decode(body)
+            decoded = _json_decoder(struct_type).decode(body)
         except (msgspec.ValidationError, msgspec.DecodeError) as error:
             raise translate_validation_error(error, struct_type) from None
+        except UnicodeDecodeError:
+            raise InvalidRequest("the request body must be UTF-8 JSON") from None
+        _reject_repeated_names(body)
+        return decoded
     if media_type == FORM_MEDIA_TYPE:
         try:
             encoded = body.decode("ascii")

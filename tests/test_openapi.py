@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import re
+
 import jsonschema
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from litestar import Litestar
 from openapi_spec_validator import validate
 
 from service.errors import ErrorBody
 from service.handlers import MOUNT_PATH, ROUTES
-from service.wire import Conversation, ConversationCreate, ConversationUpdate, ListParams
+from service.openapi import digits_at_most
+from service.wire import MAX_TIMESTAMP, Conversation, ConversationCreate, ConversationUpdate, ListParams
 
 DOCUMENTED_ELSEWHERE = {"/schema", "/schema/openapi.json"}  # the document does not describe itself
 
@@ -153,3 +158,10 @@ async def test_writes_document_idempotency_keys_and_preconditions(document: dict
         assert {"Idempotency-Key", "If-Match"} <= names
         assert "412" in item[method]["responses"]
     assert "ETag" in item["get"]["responses"]["200"]["headers"]
+
+
+@given(st.integers(min_value=0, max_value=10**14))
+def test_the_form_timestamp_pattern_accepts_exactly_the_timestamps_the_api_accepts(value: int):
+    pattern = re.compile(digits_at_most(MAX_TIMESTAMP))
+    assert bool(pattern.match(str(value))) == (value <= MAX_TIMESTAMP)
+    assert bool(pattern.match("000" + str(value))) == (value <= MAX_TIMESTAMP)
