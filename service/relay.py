@@ -56,8 +56,8 @@ from service.settings import Settings
 logger = logging.getLogger("service.relay")
 
 BATCH_SIZE = 500
-POLL_SECONDS = 0.003
-QUIET_POLLS_BEFORE_LISTENING = 30  # ~0.1 s without an event: back to waiting for NOTIFY
+POLL_SECONDS = 0.010
+QUIET_POLLS_BEFORE_LISTENING = 10  # ~0.1 s without an event: back to waiting for NOTIFY
 SWEEP_SECONDS = 1.0
 FOLLOWER_POLL_SECONDS = 1.0
 TRIM_INTERVAL_SECONDS = 1.0
