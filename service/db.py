@@ -92,7 +92,25 @@ def _raise_if_unavailable(error: Exception) -> None:
         raise DatabaseUnavailable from error
 
 
-class Transaction:
+class _Statements:
+    """fetchrow / fetch / fetchval, each one statement through the subclass's `_run`."""
+
+    __slots__ = ()
+
+    async def _run(self, method: str, query: str, args: tuple[Any, ...]) -> Any:
+        raise NotImplementedError
+
+    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
+        return await self._run("fetchrow", query, args)
+
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        return await self._run("fetch", query, args)
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        return await self._run("fetchval", query, args)
+
+
+class Transaction(_Statements):
     """Statements on one connection inside BEGIN ... COMMIT, errors mapped as Database maps them."""
 
     __slots__ = ("connection",)
@@ -107,17 +125,8 @@ class Transaction:
             _raise_if_unavailable(error)
             raise
 
-    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
-        return await self._run("fetchrow", query, args)
 
-    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
-        return await self._run("fetch", query, args)
-
-    async def fetchval(self, query: str, *args: Any) -> Any:
-        return await self._run("fetchval", query, args)
-
-
-class Database:
+class Database(_Statements):
     """The pool behind the handlers: one statement per call, every wait bounded."""
 
     __slots__ = ("_checked_out", "acquire_timeout", "pool", "size")
@@ -164,15 +173,6 @@ class Database:
         except Exception as error:
             _raise_if_unavailable(error)
             raise
-
-    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
-        return await self._run("fetchrow", query, args)
-
-    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
-        return await self._run("fetch", query, args)
-
-    async def fetchval(self, query: str, *args: Any) -> Any:
-        return await self._run("fetchval", query, args)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
