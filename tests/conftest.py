@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, asynccontextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
@@ -60,14 +60,23 @@ async def drop_database(admin_url: str, name: str) -> None:
         await connection.close()
 
 
-@pytest.fixture(scope="session")
-async def database_url(backend_urls: Backends) -> AsyncIterator[str]:
-    """A database of this run only, created and migrated by the service's own migrate code."""
-    name = f"conversations_test_{uuid.uuid4().hex[:12]}"
+@asynccontextmanager
+async def migrated_database(backend_urls: Backends, prefix: str) -> AsyncIterator[str]:
+    """A fresh database, created and migrated by the service's own migrate code, dropped after."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     url = database_url_for(backend_urls.admin_database_url, name)
     await migrate(Settings(database_url=url))
-    yield url
-    await drop_database(backend_urls.admin_database_url, name)
+    try:
+        yield url
+    finally:
+        await drop_database(backend_urls.admin_database_url, name)
+
+
+@pytest.fixture(scope="session")
+async def database_url(backend_urls: Backends) -> AsyncIterator[str]:
+    """The database of this run."""
+    async with migrated_database(backend_urls, "conversations_test") as url:
+        yield url
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit, urlunsplit
 
@@ -13,10 +12,9 @@ import msgspec
 import pytest
 
 from service.app import create_app
-from service.migrate import migrate
 from service.settings import Settings
 from tests.asgi import Lifespan, client_for
-from tests.conftest import Account, Backends, database_url_for, drop_database, new_account, wait_for
+from tests.conftest import Account, Backends, migrated_database, new_account, wait_for
 from tests.tcp_proxy import TcpProxy
 
 
@@ -75,12 +73,9 @@ async def test_an_unknown_token_during_an_outage_is_503_not_401(settings: Settin
 
 @pytest.fixture
 async def broken_database(backend_urls: Backends) -> AsyncIterator[str]:
-    """A migrated database whose conversations table has been renamed away: every query fails."""
-    name = f"conversations_broken_{uuid.uuid4().hex[:10]}"
-    url = database_url_for(backend_urls.admin_database_url, name)
-    await migrate(Settings(database_url=url))
-    yield url
-    await drop_database(backend_urls.admin_database_url, name)
+    """A migrated database whose conversations table the test renames away: every query fails."""
+    async with migrated_database(backend_urls, "conversations_broken") as url:
+        yield url
 
 
 async def test_an_unexpected_error_is_a_500_without_details_and_logged_with_its_traceback(
