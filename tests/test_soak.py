@@ -1,8 +1,8 @@
 """A soak run (benchmarks/soak.py): mixed load from 32 clients, then database, clients and stream agree.
 
 The script runs as it would by hand, against the test run's PostgreSQL and Redis, for
-SOAK_SECONDS (default 20; the script's own default is 60). Its JSON summary is the evidence:
-exact agreement of the three views, no unexpected error, and the server's peak RSS measured.
+SOAK_SECONDS (default 60, as the issue asks; set it lower for a quick local run). Its JSON
+summary is the evidence: exact agreement of the three views, no unexpected error, and the server's peak RSS measured.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from tests.servers import ROOT
 
 pytestmark = pytest.mark.slow
 
-SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "20"))
+SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "60"))
 
 
 def test_a_soak_ends_with_database_clients_and_stream_in_exact_agreement_and_no_unexpected_error(
