@@ -14,7 +14,6 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
-import asyncpg
 from litestar import Litestar, Request, Response
 
 from service import metrics
@@ -26,6 +25,7 @@ from service.handlers import CONVERSATION_HANDLERS, MAX_BODY_BYTES
 from service.observability import RequestObserver, configure_logging
 from service.openapi import SCHEMA_HANDLERS
 from service.operations import OPERATION_HANDLERS
+from service.pool import ConnectionPool
 from service.redis_client import create_redis
 from service.relay import Relay
 from service.settings import Settings, load_settings
@@ -47,12 +47,12 @@ def render_error(request: Request, error: Exception) -> Response:
                     media_type="application/json", headers=api_error.headers or None)
 
 
-async def _sample_pool(pool: asyncpg.Pool) -> None:
+async def _sample_pool(pool: ConnectionPool) -> None:
     """Publish this worker's pool usage once a second (the gauge sums live workers)."""
     while True:
-        size = pool.get_size()
+        size = pool.open_count()
         metrics.POOL_SIZE.set(size)
-        metrics.POOL_IN_USE.set(size - pool.get_idle_size())
+        metrics.POOL_IN_USE.set(size - pool.idle_count())
         await asyncio.sleep(POOL_SAMPLE_SECONDS)
 
 

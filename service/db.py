@@ -1,7 +1,7 @@
 """PostgreSQL access: the pool, with a timeout on every wait, and one exception for "unreachable".
 
-Every call acquires a pooled connection within `db_acquire_timeout` (asyncpg waits forever by
-default), runs one statement bounded by `db_statement_timeout`, and turns any sign that the
+Every call acquires a pooled connection (pool.py) within `db_acquire_timeout`,
+runs one statement bounded by `db_statement_timeout`, and turns any sign that the
 database cannot be reached in time into `DatabaseUnavailable` (a 503 with Retry-After). No
 domain SQL here: that is `queries.py`.
 """
@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
 import asyncpg
 
 from service.errors import DatabaseUnavailable
+from service.pool import ConnectionPool
 from service.settings import Settings
 
 
@@ -30,39 +31,33 @@ def is_unavailable(error: BaseException) -> bool:
     return isinstance(error, asyncpg.InterfaceError) and "clos" in str(error)
 
 
-async def rollback_leftover_transaction(connection: asyncpg.Connection) -> None:
-    """The pool's reset hook: roll back only a transaction a cancelled request left open.
-
-    asyncpg's default reset sends `pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`
-    on every release, a second round trip per request. Pooled connections never carry session
-    state here (no SET, LISTEN or advisory lock: those live on the relay's and the migrator's
-    own connections), so nothing else needs undoing.
-    """
-    if connection.is_in_transaction():
-        await connection.execute("ROLLBACK")
-
-
 async def create_pool(settings: Settings, *, size: int | None = None, application_name: str = "conversations-api"
-                      ) -> asyncpg.Pool:
-    """The request pool. Connects eagerly, so a service that cannot reach PostgreSQL fails to start."""
-    size = size or settings.db_pool_size
+                      ) -> ConnectionPool:
+    """The request pool, filled at once, so a service that cannot reach PostgreSQL fails to start."""
     statement_ms = int(settings.db_statement_timeout * 1000)
-    return await asyncpg.create_pool(
-        settings.database_url,
-        min_size=size,
-        max_size=size,
-        timeout=settings.db_connect_timeout,
-        command_timeout=settings.db_statement_timeout,
-        max_inactive_connection_lifetime=300.0,
-        reset=rollback_leftover_transaction,
-        server_settings={
-            "application_name": application_name,
-            # The server stops what the client has given up on, and never keeps a row lock
-            # for a client that vanished mid-transaction.
-            "statement_timeout": str(statement_ms * 2),
-            "idle_in_transaction_session_timeout": str(statement_ms * 2),
-        },
-    )
+
+    def connect() -> Awaitable[asyncpg.Connection]:
+        return asyncpg.connect(
+            settings.database_url,
+            timeout=settings.db_connect_timeout,
+            server_settings={
+                "application_name": application_name,
+                # The server stops what the client has given up on, and never keeps a row lock
+                # for a client that vanished mid-transaction.
+                "statement_timeout": str(statement_ms * 2),
+                "idle_in_transaction_session_timeout": str(statement_ms * 2),
+            },
+        )
+
+    # The statement timeout is the pool's hold limit (its watchdog ends a connection held longer),
+    # not asyncpg's command_timeout, which arms a timer for every statement.
+    pool = ConnectionPool(connect, size or settings.db_pool_size, hold_seconds=settings.db_statement_timeout)
+    try:
+        await pool.fill()
+    except BaseException:
+        await pool.close()
+        raise
+    return pool
 
 
 class Executor(Protocol):
@@ -78,9 +73,9 @@ class Executor(Protocol):
 def _drop_if_suspect(connection: asyncpg.Connection, error: BaseException) -> None:
     """Close at once a connection whose statement timed out, was cancelled or lost its server.
 
-    Released as it is, asyncpg would first wait for the cancel request it sent to a server that
-    may be hung (up to the statement timeout again), and the 503 would wait with it. A closed
-    connection is released immediately, and the pool opens a fresh one when it is next needed.
+    Its server may be hung, or still running the statement asyncpg has sent a cancel request
+    for; the connection cannot be trusted with the next request. A closed connection leaves
+    the pool on release, and the pool opens a fresh one when it is next needed.
     """
     if isinstance(error, asyncio.CancelledError) or is_unavailable(error):
         with contextlib.suppress(asyncpg.InterfaceError):  # already closed and handed back
@@ -129,47 +124,32 @@ class Transaction(_Statements):
 class Database(_Statements):
     """The pool behind the handlers: one statement per call, every wait bounded."""
 
-    __slots__ = ("_checked_out", "acquire_timeout", "pool", "size")
+    __slots__ = ("acquire_timeout", "pool")
 
-    def __init__(self, pool: asyncpg.Pool, acquire_timeout: float) -> None:
+    def __init__(self, pool: ConnectionPool, acquire_timeout: float) -> None:
         self.pool = pool
         self.acquire_timeout = acquire_timeout
-        self.size = pool.get_max_size()
-        self._checked_out = 0
 
     async def acquire(self) -> asyncpg.Connection:
-        """A pooled connection within `acquire_timeout` (release it with `release`).
+        """A pooled connection, waiting at most `acquire_timeout` for one (release it with `release`).
 
-        While fewer than `size` connections are out, a free one is certain, and acquiring it
-        can at most (re)connect, which the connect timeout bounds; only past that does the call
-        queue, and only then is it wrapped in asyncio.timeout (which costs several µs a call,
-        a few per cent of a request). The count is taken before the first await, so concurrent
-        callers cannot both count on the last free connection.
+        Opening a connection is bounded by the connect timeout instead.
         """
-        self._checked_out += 1
-        try:
-            if self._checked_out <= self.size:
-                return await self.pool.acquire()
-            async with asyncio.timeout(self.acquire_timeout):
-                return await self.pool.acquire()
-        except BaseException:
-            self._checked_out -= 1
-            raise
+        return await self.pool.acquire(self.acquire_timeout)
 
-    async def release(self, connection: asyncpg.Connection) -> None:
-        self._checked_out -= 1
-        await self.pool.release(connection)
+    def release(self, connection: asyncpg.Connection) -> None:
+        self.pool.release(connection)
 
     async def _run(self, method: str, query: str, args: tuple[Any, ...]) -> Any:
         try:
-            connection = await self.acquire()
+            connection = await self.pool.acquire(self.acquire_timeout)
             try:
                 return await getattr(connection, method)(query, *args)
             except BaseException as error:
                 _drop_if_suspect(connection, error)
                 raise
             finally:
-                await self.release(connection)
+                self.pool.release(connection)
         except Exception as error:
             _raise_if_unavailable(error)
             raise
@@ -202,7 +182,7 @@ class Database(_Statements):
                 _raise_if_unavailable(error)
                 raise
         finally:
-            await self.release(connection)
+            self.pool.release(connection)
 
     async def close(self) -> None:
         await self.pool.close()

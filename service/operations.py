@@ -59,7 +59,7 @@ async def _check_postgres(db: Database, stream: str) -> tuple[int, int | None] |
                     connection.terminate()  # cut short: do not wait on a server that did not answer
                 raise
             finally:
-                await db.release(connection)
+                db.release(connection)
     except Exception:  # any failure at all means "not ready", which is the answer
         return None
 

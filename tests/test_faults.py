@@ -110,7 +110,7 @@ async def test_a_call_that_cannot_get_a_pooled_connection_in_time_is_a_503(setti
             waited = time.monotonic() - started
         finally:
             for connection in held:
-                await database.release(connection)
+                database.release(connection)
         assert response.status_code == 503
         assert response.headers["retry-after"] == "1"
         assert 0.4 < waited < 2
