@@ -60,9 +60,11 @@ CREATE UNIQUE INDEX IF NOT EXISTS conversations_account_group_key
 
 -- The transactional outbox (API.md §6): each write inserts its event here in the same
 -- statement as the change; the relay (service/relay.py) publishes rows in `position` order and
--- deletes each one only once Redis has acknowledged and persisted it. `data` and
--- `previous_attributes` are JSON text, encoded once inside the writing statement and copied
--- byte for byte to the stream (jsonb would reorder the keys).
+-- deletes each one only once Redis has acknowledged and persisted it. A row carries the
+-- conversation as the event's `data` shows it, column by column, and for an update the previous
+-- values of the updatable fields; the relay encodes `data` with the same msgspec encoder as the
+-- HTTP response (so the bytes are equal) and `previous_attributes` from the fields that differ.
+-- Plain column copies cost the writing statement far less than building JSON in SQL did.
 CREATE TABLE IF NOT EXISTS conversation_outbox (
     -- The stream the writer was configured with (EVENTS_STREAM): each stream has its own
     -- relay leader, which publishes only its stream's rows.
@@ -75,11 +77,58 @@ CREATE TABLE IF NOT EXISTS conversation_outbox (
     occurred_at          bigint NOT NULL,
     sequence             bigint NOT NULL,
     schema_version       integer NOT NULL,
-    data                 text NOT NULL,
+    -- Rows written before the column layout below carry their event as JSON text here, which
+    -- the relay publishes as it is; newer rows leave both NULL.
+    data                 text,
     previous_attributes  text,
+    -- The conversation (its id is conversation_id), as `data` shows it.
+    contact_id           text,
+    group_id             text,
+    pinned_message_id    text,
+    is_pinned            boolean,
+    is_muted             boolean,
+    last_active_at       bigint,
+    last_opened_at       bigint,
+    created_at           bigint,
+    archived_at          bigint,
+    -- conversation.updated only: the updatable fields before the change.
+    previous_pinned_message_id  text,
+    previous_is_pinned          boolean,
+    previous_is_muted           boolean,
+    previous_last_active_at     bigint,
+    previous_last_opened_at     bigint,
+    previous_archived_at        bigint,
     -- The relay's scan: a stream's rows in position order.
     CONSTRAINT conversation_outbox_pkey PRIMARY KEY (stream, position)
 );
+-- Upgrading a database from the JSON-only layout: the same columns, added in place. Checked
+-- first, so that a migrate run on an up-to-date database takes no lock on the outbox.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM information_schema.columns
+                   WHERE table_schema = current_schema() AND table_name = 'conversation_outbox'
+                     AND column_name = 'previous_archived_at') THEN
+        ALTER TABLE conversation_outbox
+            ALTER COLUMN data DROP NOT NULL,
+            ADD COLUMN contact_id text,
+            ADD COLUMN group_id text,
+            ADD COLUMN pinned_message_id text,
+            ADD COLUMN is_pinned boolean,
+            ADD COLUMN is_muted boolean,
+            ADD COLUMN last_active_at bigint,
+            ADD COLUMN last_opened_at bigint,
+            ADD COLUMN created_at bigint,
+            ADD COLUMN archived_at bigint,
+            ADD COLUMN previous_pinned_message_id text,
+            ADD COLUMN previous_is_pinned boolean,
+            ADD COLUMN previous_is_muted boolean,
+            ADD COLUMN previous_last_active_at bigint,
+            ADD COLUMN previous_last_opened_at bigint,
+            ADD COLUMN previous_archived_at bigint;
+    END IF;
+END
+$$;
+
 -- A queue table: rows live for milliseconds, so let autovacuum clean it up early and often.
 ALTER TABLE conversation_outbox SET (
     autovacuum_vacuum_scale_factor = 0.0,

@@ -1,9 +1,12 @@
 """Time-ordered identifiers (API.md §1): 8 base62 characters of milliseconds, then 8 random ones.
 
-Conversation and event ids get their time part from the database clock inside the writing
-statement (`base62_millis()` in schema.sql); the application supplies the random part from
-`secrets`. This module holds the Python side of the scheme: the random part, the same encoding
-for ids made outside the database (token ids), and the decoding tests use to check both agree.
+Conversation ids get their time part from the database clock inside the writing statement
+(`base62_millis()` in schema.sql), so that the id and `created_at` come from one clock; their
+created event reuses that time part. The ids of update and delete events, which nothing orders
+by, are made here from this process's clock, sparing the writing statement a PL/pgSQL call.
+The application supplies every random part, from `secrets`. This module holds the Python side
+of the scheme: the random part, the encoding for ids made outside the database, and the
+decoding tests use to check both agree.
 """
 
 from __future__ import annotations
@@ -54,6 +57,21 @@ def new_id(now: float | None = None) -> str:
     """A 16-character id made from this process's clock (for ids the database does not make)."""
     millis = int((time.time() if now is None else now) * 1000)
     return encode_millis(millis) + random_part()
+
+
+_last_time_part = [-1, ""]  # [millisecond, its encoding]: requests share it under load
+
+
+def _time_part(millis: int) -> str:
+    """encode_millis, remembered for the current millisecond."""
+    if _last_time_part[0] != millis:
+        _last_time_part[:] = millis, encode_millis(millis)
+    return _last_time_part[1]  # type: ignore[return-value]
+
+
+def new_event_id() -> str:
+    """`evt_` and a 16-character id from this process's clock (API.md §6)."""
+    return "evt_" + _time_part(int(time.time() * 1000)) + random_part()
 
 
 def is_well_formed(identifier: str) -> bool:

@@ -4,11 +4,12 @@ Each write is ONE statement, so one round trip in autocommit: data-modifying CTE
 change the conversation's row, then insert its event into `conversation_outbox` (after the row
 lock, so per-conversation outbox order is commit order; API.md §6) and NOTIFY the relay from
 the outbox insert's RETURNING, so a statement that writes no event sends no notification.
-The event's `data` is the conversation as the API returns it, encoded by PostgreSQL's
-`row_to_json` (compact, keys in column order, the same bytes msgspec produces for the
-response; tests/test_events.py holds them equal). Each outbox row names the stream it is
-for (the writer's EVENTS_STREAM). Every statement is a fixed string, so asyncpg prepares it
-once per connection; `$n` follow the argument order of the function below it.
+The event row carries the conversation's columns as the write left them (and, for an update,
+the updatable fields as they were); the relay encodes them with the response's own encoder,
+so the event's `data` is the HTTP body byte for byte (tests/test_events.py). Each outbox row
+names the stream it is for (the writer's EVENTS_STREAM). Every statement is a fixed string,
+so asyncpg prepares it once per connection; `$n` follow the argument order of the function
+below it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import asyncpg
 import msgspec
 
 from service.db import Executor
-from service.ids import random_part
+from service.events import PreviousAttributes
+from service.ids import new_event_id, random_part
 from service.wire import CONVERSATION_FIELDS, Conversation
 
 EVENT_SCHEMA_VERSION = 1
@@ -27,33 +29,31 @@ OUTBOX_CHANNEL = "conversation_outbox"
 
 _COLUMNS = ", ".join(CONVERSATION_FIELDS)
 # The only fields an update can change, in API order (previous_attributes keeps that order).
-UPDATABLE_FIELDS = ("pinned_message_id", "is_pinned", "is_muted", "last_active_at", "last_opened_at",
-                    "archived_at")
+UPDATABLE_FIELDS = PreviousAttributes.__struct_fields__
 
 
 def _columns(alias: str) -> str:
     return ", ".join(f"{alias}.{field}" for field in CONVERSATION_FIELDS)
 
 
-def _api_json(alias: str) -> str:
-    """The conversation in `alias` as the API's JSON text (derived-table columns keep their names)."""
-    return f"(SELECT row_to_json(api)::text FROM (SELECT {_columns(alias)}) api)"
+# The outbox columns every event fills: the envelope, then the conversation as `data` shows it
+# (its id is conversation_id), then the previous values of the updatable fields.
+_EVENT_DATA_FIELDS = CONVERSATION_FIELDS[1:]
+_OUTBOX_COLUMNS = ", ".join(("stream", "event_id", "type", "account_id", "conversation_id", "occurred_at",
+                             "sequence", "schema_version", *_EVENT_DATA_FIELDS,
+                             *(f"previous_{f}" for f in UPDATABLE_FIELDS)))
 
 
-def _previous_attributes_json(old: str, new: str) -> str:
-    """A JSON object of the old values of the fields that differ between `old` and `new`."""
-    members = ",\n            ".join(
-        f"CASE WHEN {old}.{f} IS DISTINCT FROM {new}.{f} "
-        f"THEN '\"{f}\":' || COALESCE(to_json({old}.{f})::text, 'null') END"
-        for f in UPDATABLE_FIELDS
-    )
-    return f"'{{' || concat_ws(',',\n            {members}) || '}}'"
+def _event_values(alias: str, previous: str | None = None) -> str:
+    """The conversation columns of `alias`, then the updatable ones of `previous` (or NULLs)."""
+    values = [f"{alias}.{f}" for f in _EVENT_DATA_FIELDS]
+    values += [f"{previous}.{f}" if previous else "NULL" for f in UPDATABLE_FIELDS]
+    return ", ".join(values)
 
 
 _NOW_SECONDS = "floor(extract(epoch FROM now()))::bigint"
-_NEW_EVENT_ID = "'evt_' || base62_millis(now()) || "
-_OUTBOX_COLUMNS = ("stream, event_id, type, account_id, conversation_id, occurred_at, sequence, schema_version, "
-                   "data, previous_attributes")
+
+
 def _notify_unless_polled(stream_param: str) -> str:
     """NOTIFY the relay, unless it has said it is polling this stream (relay.py, outbox_wakeups)."""
     return (f"CASE WHEN (SELECT w.notify FROM outbox_wakeups w WHERE w.stream = {stream_param}) IS NOT FALSE "
@@ -144,8 +144,8 @@ WITH inserted AS (
     RETURNING {_COLUMNS}, version
 ), event AS (
     INSERT INTO conversation_outbox ({_OUTBOX_COLUMNS})
-    SELECT $6, {_NEW_EVENT_ID}$5, 'conversation.created', $1, i.id, i.created_at, i.version,
-           {EVENT_SCHEMA_VERSION}, {_api_json("i")}, NULL
+    SELECT $6, 'evt_' || left(i.id, 8) || $5, 'conversation.created', $1, i.id, i.created_at, i.version,
+           {EVENT_SCHEMA_VERSION}, {_event_values("i")}
     FROM inserted i
     RETURNING {_notify_unless_polled("$6")}
 )
@@ -187,9 +187,8 @@ WITH current AS (
     RETURNING {_columns("t")}, t.version
 ), event AS (
     INSERT INTO conversation_outbox ({_OUTBOX_COLUMNS})
-    SELECT $14, {_NEW_EVENT_ID}$13, 'conversation.updated', $1, u.id, {_NOW_SECONDS}, u.version,
-           {EVENT_SCHEMA_VERSION}, {_api_json("u")},
-           {_previous_attributes_json("c", "u")}
+    SELECT $14, $13::text, 'conversation.updated', $1, u.id, {_NOW_SECONDS}, u.version,
+           {EVENT_SCHEMA_VERSION}, {_event_values("u", previous="c")}
     FROM updated u, current c
     RETURNING {_notify_unless_polled("$14")}
 )
@@ -217,7 +216,7 @@ async def update_conversation(db: Executor, stream: str, account_id: str, conver
     """
     row = await db.fetchrow(UPDATE_CONVERSATION_IF_CHANGED, account_id, conversation_id,
                             *pinned_message_id, is_pinned, is_muted, *last_active_at, *last_opened_at,
-                            *archived_at, random_part(), stream, expected_versions)
+                            *archived_at, new_event_id(), stream, expected_versions)
     return None if row is None else (_versioned(row), row[11])
 
 
@@ -230,8 +229,8 @@ WITH target AS (
     RETURNING {_columns("c")}, c.version
 ), event AS (
     INSERT INTO conversation_outbox ({_OUTBOX_COLUMNS})
-    SELECT $4, {_NEW_EVENT_ID}$3, 'conversation.deleted', $1, d.id, {_NOW_SECONDS}, d.version + 1,
-           {EVENT_SCHEMA_VERSION}, {_api_json("d")}, NULL
+    SELECT $4, $3::text, 'conversation.deleted', $1, d.id, {_NOW_SECONDS}, d.version + 1,
+           {EVENT_SCHEMA_VERSION}, {_event_values("d")}
     FROM deleted d
     RETURNING {_notify_unless_polled("$4")}
 )
@@ -246,7 +245,7 @@ async def delete_conversation(db: Executor, stream: str, account_id: str, conver
     None if there is no such conversation; False if `expected_versions` (If-Match) did not
     include its version, so nothing was deleted; True once deleted.
     """
-    row = await db.fetchrow(DELETE_CONVERSATION, account_id, conversation_id, random_part(), stream,
+    row = await db.fetchrow(DELETE_CONVERSATION, account_id, conversation_id, new_event_id(), stream,
                             expected_versions)
     return None if row[0] is None else row[1]
 

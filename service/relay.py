@@ -46,12 +46,13 @@ from hiredis import pack_command
 from redis.exceptions import RedisError
 
 from service.db import is_unavailable
-from service.events import STREAM_FIELDS
+from service.events import STREAM_FIELDS, PreviousAttributes
 from service.idempotency import DELETE_EXPIRED as DELETE_EXPIRED_IDEMPOTENCY_KEYS
 from service.metrics import EVENTS_PUBLISHED, UNREAD_DROPPED
 from service.queries import OUTBOX_CHANNEL
 from service.redis_client import Durability, detect_durability
 from service.settings import Settings
+from service.wire import Conversation, encode_json
 
 logger = logging.getLogger("service.relay")
 
@@ -76,11 +77,19 @@ KEEPALIVE_SETTINGS = {
 }
 
 TRY_LEADERSHIP = "SELECT pg_try_advisory_lock(hashtextextended('conversations-relay:' || $1, 0))"
-SELECT_OUTBOX_BATCH = """
+_DATA_COLUMNS = Conversation.__struct_fields__[1:]  # the id is conversation_id
+_PREVIOUS_COLUMNS = tuple(f"previous_{name}" for name in PreviousAttributes.__struct_fields__)
+# The envelope in STREAM_FIELDS order (after `position`), the JSON of rows written before the
+# column layout, then the conversation's columns and the previous values (schema.sql).
+SELECT_OUTBOX_BATCH = f"""
 SELECT position, event_id, type, account_id, conversation_id, occurred_at, sequence, schema_version,
-       data, previous_attributes
+       data, previous_attributes, {", ".join(_DATA_COLUMNS)}, {", ".join(_PREVIOUS_COLUMNS)}
 FROM conversation_outbox WHERE stream = $1 ORDER BY position LIMIT $2
 """
+_ENVELOPE = slice(1, 8)
+_DATA, _PREVIOUS_ATTRIBUTES = 8, 9
+_CONVERSATION = slice(10, 10 + len(_DATA_COLUMNS))
+_PREVIOUS = slice(_CONVERSATION.stop, _CONVERSATION.stop + len(_PREVIOUS_COLUMNS))
 SET_WRITERS_NOTIFY = ("INSERT INTO outbox_wakeups (stream, notify) VALUES ($1, $2) "
                       "ON CONFLICT (stream) DO UPDATE SET notify = EXCLUDED.notify")
 DELETE_PUBLISHED = "DELETE FROM conversation_outbox WHERE stream = $1 AND position = ANY($2::bigint[])"
@@ -116,13 +125,27 @@ def _id_key(stream_id: str) -> tuple[int, int]:
     return int(millis), int(sequence or 0)
 
 
-def _xadd_args(row: asyncpg.Record) -> list[str]:
-    """The entry's fields, in STREAM_FIELDS order (the batch query selects them in that order
-    after `position`), every value a string; an absent previous_attributes is left out."""
-    args: list[str] = []
-    for name, value in zip(STREAM_FIELDS, row[1:], strict=True):
-        if value is not None:
-            args += (name, value if isinstance(value, str) else str(value))
+def _xadd_args(row: asyncpg.Record) -> list[str | bytes]:
+    """The entry's fields in STREAM_FIELDS order, every value a string or bytes.
+
+    `data` is the conversation encoded by the HTTP response's own encoder, so its bytes are the
+    response body's; `previous_attributes` (updates only) holds the old value of each
+    updatable field that differs, in field order.
+    """
+    args: list[str | bytes] = []
+    for name, value in zip(STREAM_FIELDS, row[_ENVELOPE], strict=False):
+        args += (name, value if isinstance(value, str) else str(value))
+    data, previous_attributes = row[_DATA], row[_PREVIOUS_ATTRIBUTES]
+    if data is None:
+        conversation = Conversation(row[4], *row[_CONVERSATION])
+        data = encode_json(conversation)
+        if row[2] == "conversation.updated":
+            changed = {name: old for name, old in zip(PreviousAttributes.__struct_fields__, row[_PREVIOUS], strict=True)
+                       if old != getattr(conversation, name)}
+            previous_attributes = encode_json(PreviousAttributes(**changed))
+    args += ("data", data)
+    if previous_attributes is not None:
+        args += ("previous_attributes", previous_attributes)
     return args
 
 

@@ -138,6 +138,20 @@ async def test_event_ids_are_time_ordered_with_the_evt_prefix(api, settings: Set
     assert event["id"][4:12] == conversation["id"][:8]  # one clock, one transaction
 
 
+async def test_update_and_delete_event_ids_are_time_ordered_with_the_evt_prefix(api, settings: Settings,
+                                                                                redis_client):
+    conversation = (await create(api)).json()
+    before = int(time.time() * 1000)
+    await api.put(f"/v1/conversations/{conversation['id']}", json={"is_muted": True})
+    await api.delete(f"/v1/conversations/{conversation['id']}")
+    after = int(time.time() * 1000)
+    events = await conversation_events(redis_client, settings.events_stream, conversation["id"], 3)
+    for event in events[1:]:
+        assert event["id"].startswith("evt_") and ID_PATTERN.fullmatch(event["id"][4:])
+        assert before - 1000 <= decode_millis(event["id"][4:]) <= after + 1000
+    assert len({event["id"] for event in events}) == 3
+
+
 async def test_published_rows_leave_the_outbox(api, settings: Settings, redis_client, db: asyncpg.Connection):
     for n in range(5):
         await create(api, f"contact_{n}")

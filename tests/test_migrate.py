@@ -92,3 +92,39 @@ async def test_every_hot_query_is_served_by_a_named_index(db: asyncpg.Connection
         await db.execute("SET LOCAL enable_seqscan = off")  # an empty table would rather be scanned
         plan = "\n".join(row[0] for row in await db.fetch(f"EXPLAIN {statement}", *arguments))
     assert index in plan, plan
+
+
+# The outbox as the first releases created it: each event's data as JSON text.
+JSON_LAYOUT_OUTBOX = """
+CREATE TABLE conversation_outbox (
+    stream text COLLATE "C" NOT NULL, position bigint GENERATED ALWAYS AS IDENTITY,
+    event_id text COLLATE "C" NOT NULL, type text NOT NULL, account_id text NOT NULL,
+    conversation_id text NOT NULL, occurred_at bigint NOT NULL, sequence bigint NOT NULL,
+    schema_version integer NOT NULL, data text NOT NULL, previous_attributes text,
+    CONSTRAINT conversation_outbox_pkey PRIMARY KEY (stream, position)
+)
+"""
+
+
+async def test_migrate_upgrades_an_outbox_of_the_json_layout_keeping_its_rows(
+        fresh_database: str, backend_urls: Backends):
+    admin = await asyncpg.connect(backend_urls.admin_database_url)
+    await admin.execute(f'CREATE DATABASE "{fresh_database.rsplit("/", 1)[1]}"')
+    await admin.close()
+    connection = await asyncpg.connect(fresh_database)
+    try:
+        await connection.execute(JSON_LAYOUT_OUTBOX)
+        await connection.execute(
+            "INSERT INTO conversation_outbox (stream, event_id, type, account_id, conversation_id, occurred_at, "
+            "sequence, schema_version, data) VALUES ('s', 'evt_1', 'conversation.created', 'acct', 'c1', 1, 1, 1, "
+            "'{\"id\":\"c1\"}')")
+        await migrate(Settings(database_url=fresh_database))
+        row = await connection.fetchrow("SELECT data, contact_id, previous_is_muted FROM conversation_outbox")
+        assert dict(row) == {"data": '{"id":"c1"}', "contact_id": None, "previous_is_muted": None}
+        columns = {line.split(":")[0] for line in await snapshot(fresh_database)}
+        assert {"conversation_outbox.is_muted", "conversation_outbox.previous_archived_at"} <= columns
+    finally:
+        await connection.close()
+    first = await snapshot(fresh_database)
+    await migrate(Settings(database_url=fresh_database))
+    assert await snapshot(fresh_database) == first

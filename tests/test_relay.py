@@ -186,3 +186,19 @@ async def test_a_write_that_skipped_its_notify_is_still_published_by_the_sweep(
 
 async def _is(value, expected: bool) -> bool:
     return (await value) is expected
+
+
+async def test_an_outbox_row_of_the_json_layout_is_published_byte_for_byte(
+        settings: Settings, account: Account, db: asyncpg.Connection, redis_client):
+    """Rows written before the column layout (schema.sql) carry their JSON; the relay sends it as it is."""
+    data = '{"id":"legacy_conversation","contact_id":"c","group_id":null}'
+    previous = '{"is_muted":false}'
+    await db.execute(
+        "INSERT INTO conversation_outbox (stream, event_id, type, account_id, conversation_id, occurred_at, "
+        "sequence, schema_version, data, previous_attributes) "
+        "VALUES ($1, 'evt_legacy', 'conversation.updated', $2, 'legacy_conversation', 7, 2, 1, $3, $4)",
+        settings.events_stream, account.id, data, previous)
+    async with Lifespan(create_app(settings)):
+        [(_, fields)] = await wait_for_entries(redis_client, settings.events_stream, 1)
+    assert fields["id"] == "evt_legacy" and fields["sequence"] == "2"
+    assert fields["data"] == data and fields["previous_attributes"] == previous
