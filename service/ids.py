@@ -4,15 +4,15 @@ Conversation ids get their time part from the database clock inside the writing 
 (`base62_millis()` in schema.sql), so that the id and `created_at` come from one clock; their
 created event reuses that time part. The ids of update and delete events, which nothing orders
 by, are made here from this process's clock, sparing the writing statement a PL/pgSQL call.
-The application supplies every random part, from `secrets`. This module holds the Python side
+The application supplies every random part, from os.urandom. This module holds the Python side
 of the scheme: the random part, the encoding for ids made outside the database, and the
 decoding tests use to check both agree.
 """
 
 from __future__ import annotations
 
+import os
 import re
-import secrets
 import time
 
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -44,12 +44,43 @@ def decode_millis(identifier: str) -> int:
     return millis
 
 
+class _RandomBytes:
+    """os.urandom read 4 KiB at a time: one getrandom() call per ~200 ids, not one per id.
+
+    The bytes are as random as os.urandom's; a forked child drops what its parent had read,
+    so no two processes hand out the same bytes.
+    """
+
+    __slots__ = ("_buffer", "_offset")
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._offset = 0
+
+    def take(self, count: int) -> bytes:
+        if self._offset + count > len(self._buffer):
+            self._buffer, self._offset = os.urandom(max(4096, count)), 0
+        start = self._offset
+        self._offset += count
+        return self._buffer[start:self._offset]
+
+    def forget(self) -> None:
+        self._buffer, self._offset = b"", 0
+
+
+_random_bytes = _RandomBytes()
+os.register_at_fork(after_in_child=_random_bytes.forget)
+# Byte b < 248 (= 4 * 62) becomes ALPHABET[b % 62]; bytes 248-255 are dropped, which keeps
+# every character equally likely.
+_TO_ALPHABET = bytes(_ALPHABET_BYTES[b % 62] for b in range(256))
+_REJECTED = bytes(range(248, 256))
+
+
 def random_part(length: int = RANDOM_LENGTH) -> str:
-    """`length` characters of the base62 alphabet, uniformly random, from `secrets`."""
-    out = bytearray()
+    """`length` characters of the base62 alphabet, uniformly random, from the OS's CSPRNG."""
+    out = b""
     while len(out) < length:
-        # 248 = 4 * 62: rejecting bytes above it keeps every character equally likely
-        out.extend(_ALPHABET_BYTES[b % 62] for b in secrets.token_bytes(length + 8) if b < 248)
+        out += _random_bytes.take(length + 4).translate(_TO_ALPHABET, _REJECTED)
     return out[:length].decode()
 
 
