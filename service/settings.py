@@ -38,9 +38,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     log_level: str = "info"
 
     workers: int = 0  # 0: one per CPU
-    # Per worker. 16 measured best at 32 concurrent clients on 2 cores: 10 gives ~5 % fewer
-    # writes a second, 32 no more throughput and twice the p99 (README, "Performance").
-    db_pool_size: int = 16
+    # Per worker, measured at 32 concurrent clients on 2 cores: 12 keeps p99 below the bare
+    # limit's; 16 gives ~4 % more writes a second but a p99 25 % higher, 32 no more throughput
+    # and twice the p99, 6-10 fewer requests a second (README, "Performance").
+    db_pool_size: int = 12
     # Together these bound how long a call can wait on an unreachable PostgreSQL before its 503:
     # acquiring a connection (which may mean connecting) 2 s, a statement 4 s.
     db_connect_timeout: float = 3.0
