@@ -48,6 +48,8 @@ class ConnectionPool:
                  "hold_seconds", "size")
 
     def __init__(self, connect: Connect, size: int, hold_seconds: float) -> None:
+        """A pool for the running event loop; `fill` opens its connections."""
+        self._loop = asyncio.get_running_loop()
         self._connect = connect
         self.size = size
         self.hold_seconds = hold_seconds
@@ -58,12 +60,10 @@ class ConnectionPool:
         self._waiters: deque[tuple[asyncio.Future[asyncpg.Connection | None], float]] = deque()
         self._open = 0  # connections open or being opened, idle or checked out
         self._closing = False
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._watchdog: asyncio.Task[None] | None = None
 
     async def fill(self) -> None:
         """Open every connection and start the watchdog; raises if PostgreSQL cannot be reached."""
-        self._loop = asyncio.get_running_loop()
         connections = await asyncio.gather(*(self._open_connection() for _ in range(self.size - self._open)))
         for connection in connections:
             self.release(connection)
@@ -83,7 +83,7 @@ class ConnectionPool:
         while idle:
             connection = idle.pop()
             if not connection.is_closed():
-                self._busy[connection] = self._loop.time()  # type: ignore[union-attr]
+                self._busy[connection] = self._loop.time()
                 return connection
             self._open -= 1  # its server went away while it was idle
         if self._open < self.size:
@@ -92,7 +92,6 @@ class ConnectionPool:
 
     async def _wait_in_line(self, wait_seconds: float) -> asyncpg.Connection:
         loop = self._loop
-        assert loop is not None
         waiter: asyncio.Future[asyncpg.Connection | None] = loop.create_future()
         self._waiters.append((waiter, loop.time() + wait_seconds))
         try:
@@ -123,7 +122,7 @@ class ConnectionPool:
             self._open -= 1
             self._pass_free_slot()
             raise
-        self._busy[connection] = self._loop.time()  # type: ignore[union-attr]
+        self._busy[connection] = self._loop.time()
         return connection
 
     def _pass_free_slot(self) -> None:
@@ -148,7 +147,7 @@ class ConnectionPool:
         while waiters:
             waiter, _ = waiters.popleft()
             if not waiter.done():
-                self._busy[connection] = self._loop.time()  # type: ignore[union-attr]
+                self._busy[connection] = self._loop.time()
                 waiter.set_result(connection)
                 return
         self._idle.append(connection)
@@ -156,7 +155,6 @@ class ConnectionPool:
     async def _watch(self) -> None:
         """Every WATCH_SECONDS: time out waiters whose wait is over, end checkouts held too long."""
         loop = self._loop
-        assert loop is not None
         while True:
             await asyncio.sleep(WATCH_SECONDS)
             now = loop.time()
