@@ -64,9 +64,14 @@ class ConnectionPool:
 
     async def fill(self) -> None:
         """Open every connection and start the watchdog; raises if PostgreSQL cannot be reached."""
-        connections = await asyncio.gather(*(self._open_connection() for _ in range(self.size - self._open)))
-        for connection in connections:
-            self.release(connection)
+        opened = await asyncio.gather(*(self._open_connection() for _ in range(self.size - self._open)),
+                                      return_exceptions=True)
+        for result in opened:
+            if isinstance(result, asyncpg.Connection):
+                self.release(result)  # idle, so that close() ends it if another one failed
+        for result in opened:
+            if isinstance(result, BaseException):
+                raise result
         self._watchdog = asyncio.create_task(self._watch(), name="pool-watchdog")
 
     def open_count(self) -> int:

@@ -160,3 +160,24 @@ async def test_closing_the_pool_ends_its_connections_and_its_waiters(settings: S
         await pool.acquire(1.0)
     pool.release(held)
     assert held.is_closed() and pool.open_count() == 0
+
+
+async def test_a_pool_that_fails_to_fill_closes_the_connections_it_opened(settings: Settings):
+    opened: list[asyncpg.Connection] = []
+    calls = 0
+
+    async def connect_twice() -> asyncpg.Connection:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise ConnectionRefusedError("the third connection is refused")
+        connection = await asyncpg.connect(settings.database_url)
+        opened.append(connection)
+        return connection
+
+    pool = ConnectionPool(connect_twice, size=3, hold_seconds=1.0)
+    with pytest.raises(ConnectionRefusedError):
+        await pool.fill()
+    await pool.close()
+    assert len(opened) == 2 and all(connection.is_closed() for connection in opened)
+    assert pool.open_count() == 0
