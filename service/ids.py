@@ -84,25 +84,24 @@ def random_part(length: int = RANDOM_LENGTH) -> str:
     return out[:length].decode()
 
 
-def new_id(now: float | None = None) -> str:
-    """A 16-character id made from this process's clock (for ids the database does not make)."""
-    millis = int((time.time() if now is None else now) * 1000)
-    return encode_millis(millis) + random_part()
-
-
 _last_time_part = [-1, ""]  # [millisecond, its encoding]: requests share it under load
 
 
 def _time_part(millis: int) -> str:
-    """encode_millis, remembered for the current millisecond."""
+    """encode_millis, remembered for the last millisecond asked for."""
     if _last_time_part[0] != millis:
         _last_time_part[:] = millis, encode_millis(millis)
     return _last_time_part[1]  # type: ignore[return-value]
 
 
+def new_id(now: float | None = None) -> str:
+    """A 16-character id made from this process's clock (for ids the database does not make)."""
+    return _time_part(int((time.time() if now is None else now) * 1000)) + random_part()
+
+
 def new_event_id() -> str:
     """`evt_` and a 16-character id from this process's clock (API.md §6)."""
-    return "evt_" + _time_part(int(time.time() * 1000)) + random_part()
+    return "evt_" + new_id()
 
 
 def is_well_formed(identifier: str) -> bool:

@@ -36,17 +36,18 @@ def _columns(alias: str) -> str:
     return ", ".join(f"{alias}.{field}" for field in CONVERSATION_FIELDS)
 
 
-# The outbox columns every event fills: the envelope, then the conversation as `data` shows it
-# (its id is conversation_id), then the previous values of the updatable fields.
-_EVENT_DATA_FIELDS = CONVERSATION_FIELDS[1:]
+# The outbox columns every event fills (schema.sql): the envelope, then the conversation as
+# `data` shows it (its id is conversation_id), then the previous values of the updatable fields.
+# The relay reads them back in this order.
+OUTBOX_DATA_COLUMNS = CONVERSATION_FIELDS[1:]
+OUTBOX_PREVIOUS_COLUMNS = tuple(f"previous_{f}" for f in UPDATABLE_FIELDS)
 _OUTBOX_COLUMNS = ", ".join(("stream", "event_id", "type", "account_id", "conversation_id", "occurred_at",
-                             "sequence", "schema_version", *_EVENT_DATA_FIELDS,
-                             *(f"previous_{f}" for f in UPDATABLE_FIELDS)))
+                             "sequence", "schema_version", *OUTBOX_DATA_COLUMNS, *OUTBOX_PREVIOUS_COLUMNS))
 
 
 def _event_values(alias: str, previous: str | None = None) -> str:
     """The conversation columns of `alias`, then the updatable ones of `previous` (or NULLs)."""
-    values = [f"{alias}.{f}" for f in _EVENT_DATA_FIELDS]
+    values = [f"{alias}.{f}" for f in OUTBOX_DATA_COLUMNS]
     values += [f"{previous}.{f}" if previous else "NULL" for f in UPDATABLE_FIELDS]
     return ", ".join(values)
 

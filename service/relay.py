@@ -49,7 +49,7 @@ from service.db import is_unavailable
 from service.events import STREAM_FIELDS, PreviousAttributes
 from service.idempotency import DELETE_EXPIRED as DELETE_EXPIRED_IDEMPOTENCY_KEYS
 from service.metrics import EVENTS_PUBLISHED, UNREAD_DROPPED
-from service.queries import OUTBOX_CHANNEL
+from service.queries import OUTBOX_CHANNEL, OUTBOX_DATA_COLUMNS, OUTBOX_PREVIOUS_COLUMNS
 from service.redis_client import Durability, detect_durability
 from service.settings import Settings
 from service.wire import Conversation, encode_json
@@ -77,19 +77,18 @@ KEEPALIVE_SETTINGS = {
 }
 
 TRY_LEADERSHIP = "SELECT pg_try_advisory_lock(hashtextextended('conversations-relay:' || $1, 0))"
-_DATA_COLUMNS = Conversation.__struct_fields__[1:]  # the id is conversation_id
-_PREVIOUS_COLUMNS = tuple(f"previous_{name}" for name in PreviousAttributes.__struct_fields__)
 # The envelope in STREAM_FIELDS order (after `position`), the JSON of rows written before the
 # column layout, then the conversation's columns and the previous values (schema.sql).
 SELECT_OUTBOX_BATCH = f"""
 SELECT position, event_id, type, account_id, conversation_id, occurred_at, sequence, schema_version,
-       data, previous_attributes, {", ".join(_DATA_COLUMNS)}, {", ".join(_PREVIOUS_COLUMNS)}
+       data, previous_attributes, {", ".join(OUTBOX_DATA_COLUMNS)}, {", ".join(OUTBOX_PREVIOUS_COLUMNS)}
 FROM conversation_outbox WHERE stream = $1 ORDER BY position LIMIT $2
 """
-_ENVELOPE = slice(1, 8)
-_DATA, _PREVIOUS_ATTRIBUTES = 8, 9
-_CONVERSATION = slice(10, 10 + len(_DATA_COLUMNS))
-_PREVIOUS = slice(_CONVERSATION.stop, _CONVERSATION.stop + len(_PREVIOUS_COLUMNS))
+_ENVELOPE_FIELDS = STREAM_FIELDS[:7]  # id .. schema_version
+_ENVELOPE = slice(1, 1 + len(_ENVELOPE_FIELDS))
+_TYPE, _CONVERSATION_ID, _DATA, _PREVIOUS_ATTRIBUTES = 2, 4, 8, 9
+_CONVERSATION = slice(10, 10 + len(OUTBOX_DATA_COLUMNS))
+_PREVIOUS = slice(_CONVERSATION.stop, _CONVERSATION.stop + len(OUTBOX_PREVIOUS_COLUMNS))
 SET_WRITERS_NOTIFY = ("INSERT INTO outbox_wakeups (stream, notify) VALUES ($1, $2) "
                       "ON CONFLICT (stream) DO UPDATE SET notify = EXCLUDED.notify")
 DELETE_PUBLISHED = "DELETE FROM conversation_outbox WHERE stream = $1 AND position = ANY($2::bigint[])"
@@ -133,13 +132,13 @@ def _xadd_args(row: asyncpg.Record) -> list[str | bytes]:
     updatable field that differs, in field order.
     """
     args: list[str | bytes] = []
-    for name, value in zip(STREAM_FIELDS, row[_ENVELOPE], strict=False):
+    for name, value in zip(_ENVELOPE_FIELDS, row[_ENVELOPE], strict=True):
         args += (name, value if isinstance(value, str) else str(value))
     data, previous_attributes = row[_DATA], row[_PREVIOUS_ATTRIBUTES]
     if data is None:
-        conversation = Conversation(row[4], *row[_CONVERSATION])
+        conversation = Conversation(row[_CONVERSATION_ID], *row[_CONVERSATION])
         data = encode_json(conversation)
-        if row[2] == "conversation.updated":
+        if row[_TYPE] == "conversation.updated":
             changed = {name: old for name, old in zip(PreviousAttributes.__struct_fields__, row[_PREVIOUS], strict=True)
                        if old != getattr(conversation, name)}
             previous_attributes = encode_json(PreviousAttributes(**changed))
