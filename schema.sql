@@ -1,10 +1,11 @@
 -- The conversations service's schema. Applied by `python -m service migrate` (service/migrate.py)
 -- under an advisory lock; every statement is idempotent, so applying it again changes nothing.
 
--- Identifiers (API.md §1): 8 base62 characters of the creation time in milliseconds, then 8
--- random ones chosen by the application from `secrets`. The time part is taken from the
--- database's clock inside the writing transaction, so that `created_at`, the id and the event's
--- `occurred_at` all come from one clock, whichever replica served the request.
+-- Identifiers (docs/api.md): 8 base62 characters of the creation time in milliseconds, then 8
+-- random ones chosen by the application from the operating system's CSPRNG (os.urandom). The
+-- time part is taken from the database's clock inside the writing statement, so that
+-- `created_at`, the id and the created event's `occurred_at` all come from one clock, whichever
+-- replica served the request.
 CREATE OR REPLACE FUNCTION base62_millis(ts timestamptz) RETURNS text
 LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $$
 DECLARE
@@ -33,7 +34,7 @@ CREATE INDEX IF NOT EXISTS api_tokens_account_idx ON api_tokens (account_id, id)
 
 CREATE TABLE IF NOT EXISTS conversations (
     account_id         text COLLATE "C" NOT NULL,
-    -- COLLATE "C": byte order is creation order, which listing and cursors rest on (API.md §3)
+    -- COLLATE "C": byte order is creation order, which listing and cursors rest on (docs/api.md §4)
     id                 text COLLATE "C" NOT NULL,
     contact_id         text COLLATE "C",
     group_id           text COLLATE "C",
@@ -51,19 +52,19 @@ CREATE TABLE IF NOT EXISTS conversations (
     CONSTRAINT conversations_pkey PRIMARY KEY (account_id, id),
     CONSTRAINT conversations_one_party CHECK ((contact_id IS NULL) <> (group_id IS NULL))
 );
--- At most one conversation per contact and per group in an account (API.md §2); these also
+-- At most one conversation per contact and per group in an account (docs/api.md); these also
 -- serve the contact_id / group_id list filters and the 409's lookup of the existing conversation.
 CREATE UNIQUE INDEX IF NOT EXISTS conversations_account_contact_key
     ON conversations (account_id, contact_id) WHERE contact_id IS NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS conversations_account_group_key
     ON conversations (account_id, group_id) WHERE group_id IS NOT NULL;
 
--- The transactional outbox (API.md §6): each write inserts its event here in the same
--- statement as the change; the relay (service/relay.py) publishes rows in `position` order and
--- deletes each one only once Redis has acknowledged and persisted it. A row carries the
+-- The transactional outbox (docs/api.md, "Events"): each write inserts its event here in the
+-- same statement as the change; the relay (service/events/relay.py) publishes rows in `position`
+-- order and deletes each one only once Redis has acknowledged and persisted it. A row carries the
 -- conversation as the event's `data` shows it, column by column, and for an update the previous
--- values of the updatable fields; the relay encodes `data` with the same msgspec encoder as the
--- HTTP response (so the bytes are equal) and `previous_attributes` from the fields that differ.
+-- values of the updatable fields (service/store/outbox.py owns the column list); the relay
+-- encodes `data` with the same msgspec encoder as the HTTP response (so the bytes are equal).
 -- Plain column copies cost the writing statement far less than building JSON in SQL did.
 CREATE TABLE IF NOT EXISTS conversation_outbox (
     -- The stream the writer was configured with (EVENTS_STREAM): each stream has its own
@@ -77,10 +78,6 @@ CREATE TABLE IF NOT EXISTS conversation_outbox (
     occurred_at          bigint NOT NULL,
     sequence             bigint NOT NULL,
     schema_version       integer NOT NULL,
-    -- Rows written before the column layout below carry their event as JSON text here, which
-    -- the relay publishes as it is; newer rows leave both NULL.
-    data                 text,
-    previous_attributes  text,
     -- The conversation (its id is conversation_id), as `data` shows it.
     contact_id           text,
     group_id             text,
@@ -101,30 +98,15 @@ CREATE TABLE IF NOT EXISTS conversation_outbox (
     -- The relay's scan: a stream's rows in position order.
     CONSTRAINT conversation_outbox_pkey PRIMARY KEY (stream, position)
 );
--- Upgrading a database from the JSON-only layout: the same columns, added in place. Checked
--- first, so that a migrate run on an up-to-date database takes no lock on the outbox.
+-- Databases created before the column layout also had the event as JSON text (`data`,
+-- `previous_attributes`), unused since. Checked first, so that a migrate run on an up-to-date
+-- database takes no lock on the outbox.
 DO $$
 BEGIN
-    IF NOT EXISTS (SELECT FROM information_schema.columns
-                   WHERE table_schema = current_schema() AND table_name = 'conversation_outbox'
-                     AND column_name = 'previous_archived_at') THEN
-        ALTER TABLE conversation_outbox
-            ALTER COLUMN data DROP NOT NULL,
-            ADD COLUMN contact_id text,
-            ADD COLUMN group_id text,
-            ADD COLUMN pinned_message_id text,
-            ADD COLUMN is_pinned boolean,
-            ADD COLUMN is_muted boolean,
-            ADD COLUMN last_active_at bigint,
-            ADD COLUMN last_opened_at bigint,
-            ADD COLUMN created_at bigint,
-            ADD COLUMN archived_at bigint,
-            ADD COLUMN previous_pinned_message_id text,
-            ADD COLUMN previous_is_pinned boolean,
-            ADD COLUMN previous_is_muted boolean,
-            ADD COLUMN previous_last_active_at bigint,
-            ADD COLUMN previous_last_opened_at bigint,
-            ADD COLUMN previous_archived_at bigint;
+    IF EXISTS (SELECT FROM information_schema.columns
+               WHERE table_schema = current_schema() AND table_name = 'conversation_outbox'
+                 AND column_name = 'data') THEN
+        ALTER TABLE conversation_outbox DROP COLUMN data, DROP COLUMN IF EXISTS previous_attributes;
     END IF;
 END
 $$;
@@ -137,7 +119,7 @@ ALTER TABLE conversation_outbox SET (
     autovacuum_analyze_threshold = 1000
 );
 
--- Whether writers should NOTIFY the relay of a stream (relay.py): true while it waits for
+-- Whether writers should NOTIFY the relay of a stream (service/events/pacing.py): true while it waits for
 -- notifications, false while it polls under load. One row per stream, written only by the
 -- relay, and only when it switches; writers read it by primary key.
 CREATE TABLE IF NOT EXISTS outbox_wakeups (
@@ -145,7 +127,7 @@ CREATE TABLE IF NOT EXISTS outbox_wakeups (
     notify  boolean NOT NULL
 );
 
--- Idempotency keys (README, "Idempotency"): the first response to a write sent with an
+-- Idempotency keys (docs/api.md): the first response to a write sent with an
 -- Idempotency-Key, stored in the same transaction as the change, replayed to retries for 24 h.
 -- A retry that arrives while the first request runs waits on this row's uncommitted insert.
 CREATE TABLE IF NOT EXISTS idempotency_keys (
@@ -159,5 +141,5 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     etag         text,
     CONSTRAINT idempotency_keys_pkey PRIMARY KEY (account_id, key)
 );
--- The hourly purge of keys older than 24 h.
+-- The purge of keys older than 24 h (service/store/idempotency_keys.py), every minute.
 CREATE INDEX IF NOT EXISTS idempotency_keys_created_at_idx ON idempotency_keys (created_at);

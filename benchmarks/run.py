@@ -47,8 +47,8 @@ sys.path.insert(0, str(ROOT))
 from processes import cpu_seconds, free_port, group_pids, postgres_pids, rss_mb  # noqa: E402
 
 from service.ids import encode_millis, random_part  # noqa: E402
-from service.migrate import migrate  # noqa: E402
 from service.settings import Settings  # noqa: E402
+from service.store.migrate import migrate  # noqa: E402
 from service.tokens import create_token  # noqa: E402
 
 SCENARIOS = ("get", "list", "cursor", "update", "create")

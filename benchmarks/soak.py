@@ -59,8 +59,8 @@ sys.path.insert(0, str(ROOT))
 
 from processes import free_port, group_pids  # noqa: E402
 
-from service.migrate import migrate  # noqa: E402
 from service.settings import Settings  # noqa: E402
+from service.store.migrate import migrate  # noqa: E402
 from service.tokens import create_token  # noqa: E402
 
 FIELDS = ["id", "contact_id", "group_id", "pinned_message_id", "is_pinned", "is_muted", "last_active_at",

@@ -1,4 +1,4 @@
-"""The command line: `python -m service serve | migrate | tokens ... | events ...` (API.md §7)."""
+"""The command line: `python -m service serve | migrate | tokens ... | events ...`; it parses and dispatches."""
 
 from __future__ import annotations
 
@@ -73,21 +73,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {error}", file=sys.stderr)
         return 2
 
-    from service.observability import configure_logging
+    from service.logs import configure_logging
 
     configure_logging(settings.log_level)
     if args.command == "serve":
-        from service.server import serve
+        from service.http.server import serve
 
         return serve(settings, migrate_first=not args.no_migrate, workers=args.workers)
     if args.command == "migrate":
-        from service.migrate import migrate
+        from service.store.migrate import migrate
 
         asyncio.run(migrate(settings))
         return 0
     if args.command == "tokens":
         return _tokens(settings, args)
-    from service.consumer import TailOptions, tail
+    from service.events.consumer import TailOptions, tail
 
     return asyncio.run(tail(settings, TailOptions(
         group=args.group, consumer=args.consumer, from_start=args.from_start,

@@ -1,39 +1,31 @@
-"""The rules of the conversations API (API.md §2-3), between the decoded request and the SQL.
+"""The rules of the conversations API, between the decoded request and the store.
 
 Exactly one of contact_id / group_id on create, 409 naming the field and the existing
 conversation, updates that change nothing write nothing, If-Match preconditions, the list's
 cursor and filter attributes. Every write and its event go to PostgreSQL as one statement
-(queries.py), so they commit or roll back together. Each operation runs on the executor it is
-given: the pool, or the transaction of an idempotent request. No SQL text, no Litestar types.
+(store/queries.py), so they commit or roll back together. Each operation runs on the executor
+it is given: the pool, or the transaction of an idempotent request. No SQL text, no Litestar types.
 """
 
 from __future__ import annotations
 
 from msgspec import UNSET
 
-from service import queries
-from service.db import Executor
-from service.errors import ApiError, ConversationNotFound, DuplicateConversation, InvalidRequest, PreconditionFailed
-from service.queries import Versioned
-from service.wire import ConversationCreate, ConversationPage, ConversationUpdate, ListParams
+from service.errors import (
+    ConcurrentChange,
+    ConversationNotFound,
+    DuplicateConversation,
+    InvalidRequest,
+    PreconditionFailed,
+)
+from service.model import ConversationCreate, ConversationPage, ConversationUpdate, ListParams
+from service.store import queries
+from service.store.database import Executor
+from service.store.queries import Versioned
 
 # A create whose contact was taken, but whose holder is gone by the time we look it up (deleted
 # in between), is simply tried again; this many times before giving up.
 CREATE_ATTEMPTS = 5
-
-
-class ConcurrentChange(ApiError):
-    status_code = 409
-    is_outcome = True
-
-
-def _given(value: object) -> tuple[bool, object]:
-    """A nullable attribute as (given, value), so "clear it" (null) and "leave it" stay apart."""
-    return (False, None) if value is UNSET else (True, value)
-
-
-def _value_or_none(value: object) -> object:
-    return None if value is UNSET else value
 
 
 class Conversations:
@@ -77,16 +69,8 @@ class Conversations:
     async def update(self, db: Executor, account_id: str, conversation_id: str, request: ConversationUpdate,
                      expected_versions: list[int] | None = None) -> Versioned:
         """Apply the given attributes; a body that changes nothing returns the stored conversation."""
-        outcome = await queries.update_conversation(
-            db, self.events_stream, account_id, conversation_id,
-            pinned_message_id=_given(request.pinned_message_id),  # type: ignore[arg-type]
-            is_pinned=_value_or_none(request.is_pinned),  # type: ignore[arg-type]
-            is_muted=_value_or_none(request.is_muted),  # type: ignore[arg-type]
-            last_active_at=_given(request.last_active_at),  # type: ignore[arg-type]
-            last_opened_at=_given(request.last_opened_at),  # type: ignore[arg-type]
-            archived_at=_given(request.archived_at),  # type: ignore[arg-type]
-            expected_versions=expected_versions,
-        )
+        outcome = await queries.update_conversation(db, self.events_stream, account_id, conversation_id, request,
+                                                    expected_versions)
         if outcome is None:
             raise ConversationNotFound(conversation_id)
         current, precondition_held = outcome

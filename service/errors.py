@@ -1,4 +1,4 @@
-"""The errors a client can see (API.md §4), and the one place that renders them.
+"""The errors a client can see (docs/api.md §5), and the one place that renders them.
 
     ApiError                      status, message, param, headers
     ├── InvalidRequest            400  a bad attribute, body or query
@@ -7,30 +7,29 @@
     ├── RouteNotFound             404  no such path
     ├── MethodNotAllowed          405  the path exists, the method does not (Allow: ...)
     ├── DuplicateConversation     409  the account already has one with this contact or group
+    ├── ConcurrentChange          409  the conversation changed under the request (created and deleted meanwhile)
     ├── IdempotencyKeyInUse       409  a request with the same Idempotency-Key is still running
     ├── PreconditionFailed        412  If-Match names a version the conversation no longer has
-    ├── PayloadTooLarge           413  body over 64 KiB
+    ├── PayloadTooLarge           413  body over the limit (64 KiB)
     ├── UnsupportedMediaType      415  a body that is neither JSON nor form data
     └── DatabaseUnavailable       503  PostgreSQL unreachable or too slow (Retry-After)
 
 Anything else that escapes a handler is a 500 with a fixed body; its traceback goes to the log
-with the request id, never to the client.
+with the request id, never to the client. This module imports no other part of the service:
+mapping framework and driver exceptions onto this tree is the HTTP face's (http/error_handler.py).
 """
 
 from __future__ import annotations
 
-import logging
 from typing import ClassVar
 
 import msgspec
-
-logger = logging.getLogger("service.errors")
 
 RETRY_AFTER_SECONDS = "1"
 
 
 class ErrorBody(msgspec.Struct):
-    """Every error response (API.md §4); `param` is null when no single attribute is at fault."""
+    """Every error response (docs/api.md §5); `param` is null when no single attribute is at fault."""
 
     type: str
     message: str
@@ -111,6 +110,11 @@ class DuplicateConversation(ApiError):
                                  conversation_id=self.conversation_id)
 
 
+class ConcurrentChange(ApiError):
+    status_code = 409
+    is_outcome = True
+
+
 class IdempotencyKeyInUse(ApiError):
     status_code = 409
 
@@ -130,6 +134,9 @@ class PreconditionFailed(ApiError):
 
 class PayloadTooLarge(ApiError):
     status_code = 413
+
+    def __init__(self, limit_bytes: int) -> None:
+        super().__init__(f"the request body must be at most {limit_bytes // 1024} KiB")
 
 
 class UnsupportedMediaType(ApiError):
@@ -158,33 +165,3 @@ _encode = msgspec.json.Encoder().encode
 
 def encode_error(error: ApiError) -> bytes:
     return _encode(error.body())
-
-
-def as_api_error(method: str, path: str, error: Exception) -> ApiError:
-    """The contract's error for anything raised while serving a request.
-
-    Litestar raises its own HTTPExceptions for unknown routes (404), methods (405) and bodies
-    over the limit (413); they reach the app-level handler only, and are reworded here. A
-    database that cannot be reached is a 503 wherever it surfaced; anything else is a 500.
-    """
-    # Imported here so that the error vocabulary above stays free of framework and driver imports.
-    from litestar.exceptions import HTTPException, MethodNotAllowedException, NotFoundException
-    from litestar.exceptions.http_exceptions import RequestEntityTooLarge
-
-    from service.db import is_unavailable
-
-    if isinstance(error, ApiError):
-        return error
-    if isinstance(error, NotFoundException):
-        return RouteNotFound(f"there is no route {method} {path[:200]}")
-    if isinstance(error, MethodNotAllowedException):
-        allow = (error.headers or {}).get("allow", "")
-        return MethodNotAllowed(f"{method} is not allowed on {path[:200]}; allowed: {allow}",
-                                headers={"Allow": allow} if allow else None)
-    if isinstance(error, RequestEntityTooLarge):
-        return PayloadTooLarge("the request body must be at most 64 KiB")
-    if isinstance(error, HTTPException) and 400 <= error.status_code < 500:
-        return ApiError("the request is malformed", status_code=error.status_code)
-    if is_unavailable(error):
-        return DatabaseUnavailable()
-    return InternalError()

@@ -1,4 +1,4 @@
-"""Time-ordered identifiers (API.md §1): 8 base62 characters of milliseconds, then 8 random ones.
+"""Time-ordered identifiers (docs/api.md §1): 8 base62 characters of milliseconds, then 8 random ones.
 
 Conversation ids get their time part from the database clock inside the writing statement
 (`base62_millis()` in schema.sql), so that the id and `created_at` come from one clock; their
@@ -19,7 +19,9 @@ ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 TIME_LENGTH = 8
 RANDOM_LENGTH = 8
 ID_LENGTH = TIME_LENGTH + RANDOM_LENGTH
-ID_PATTERN = re.compile(r"[0-9A-Za-z]{16}")
+# The one spelling of an id's shape: the HTTP path check, the cursor type and the documents use it.
+ID_REGEX = f"[0-9A-Za-z]{{{ID_LENGTH}}}"
+ID_PATTERN = re.compile(ID_REGEX)
 
 _ALPHABET_BYTES = ALPHABET.encode()
 _INDEX = {c: i for i, c in enumerate(ALPHABET)}
@@ -100,9 +102,5 @@ def new_id(now: float | None = None) -> str:
 
 
 def new_event_id() -> str:
-    """`evt_` and a 16-character id from this process's clock (API.md §6)."""
+    """`evt_` and a 16-character id from this process's clock (docs/api.md §6)."""
     return "evt_" + new_id()
-
-
-def is_well_formed(identifier: str) -> bool:
-    return ID_PATTERN.fullmatch(identifier) is not None

@@ -1,4 +1,4 @@
-"""Prometheus metrics (API.md §7), one view across every worker of `serve`.
+"""Prometheus metrics (docs/api.md §7), one view across every worker of `serve`.
 
 Per-process counters and histograms use prometheus_client; `serve` points
 PROMETHEUS_MULTIPROC_DIR at a fresh directory before the workers start, so each worker writes

@@ -1,7 +1,7 @@
 """The service's configuration: read from the environment once, at start-up, into a frozen Struct.
 
 Nothing else in the package reads `os.environ`; tests build a `Settings` directly. The
-variables and defaults of API.md §7 come first, then the tuning knobs this implementation adds
+variables and defaults of the contract (docs/api.md §7) come first, then the tuning knobs this implementation adds
 (all documented in README.md, "Configuration").
 """
 

@@ -1,4 +1,4 @@
-"""API tokens (API.md §5): issue, list and revoke; only SHA-256 hashes are stored.
+"""API tokens: issue, list and revoke; only SHA-256 hashes are stored.
 
 A token is `cvk_` and 40 base62 characters from `secrets` (about 238 bits). `create` returns it
 once; nothing can show it again. Revocation takes effect within the authenticator's cache
@@ -7,15 +7,15 @@ window (5 s) on every replica.
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 import asyncpg
 
-from service import queries
-from service.auth import hash_token
 from service.ids import new_id, random_part
-from service.queries import TokenRecord
 from service.settings import Settings
+from service.store import api_tokens
+from service.store.api_tokens import TokenRecord
 
 TOKEN_PREFIX = "cvk_"
 TOKEN_RANDOM_LENGTH = 40
@@ -25,6 +25,11 @@ ACCOUNT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 class TokenError(ValueError):
     """A token command that cannot be carried out as asked."""
+
+
+def hash_token(token: bytes) -> bytes:
+    """What is stored of a token, and what a bearer check looks up."""
+    return hashlib.sha256(token).digest()
 
 
 def new_token() -> str:
@@ -48,7 +53,8 @@ async def create_token(settings: Settings, account_id: str) -> tuple[str, TokenR
     token = new_token()
     connection = await _connect(settings)
     try:
-        record = await queries.insert_token(connection, TOKEN_ID_PREFIX + new_id(), account_id, hash_token(token))
+        record = await api_tokens.insert_token(connection, TOKEN_ID_PREFIX + new_id(), account_id,
+                                               hash_token(token.encode()))
     finally:
         await connection.close()
     return token, record
@@ -58,7 +64,7 @@ async def list_tokens(settings: Settings, account_id: str) -> list[TokenRecord]:
     check_account_id(account_id)
     connection = await _connect(settings)
     try:
-        return await queries.fetch_tokens(connection, account_id)
+        return await api_tokens.fetch_tokens(connection, account_id)
     finally:
         await connection.close()
 
@@ -67,7 +73,7 @@ async def revoke_token(settings: Settings, token_id: str) -> TokenRecord:
     """Revoke a token by id (revoking it again keeps the first revocation time)."""
     connection = await _connect(settings)
     try:
-        record = await queries.revoke_token(connection, token_id)
+        record = await api_tokens.revoke_token(connection, token_id)
     finally:
         await connection.close()
     if record is None:

@@ -22,9 +22,9 @@ import redis.asyncio as aioredis
 from litestar import Litestar
 
 from service import tokens
-from service.app import create_app
-from service.migrate import migrate
+from service.http.app import create_app
 from service.settings import Settings
+from service.store.migrate import migrate
 from tests import backends
 from tests.asgi import Lifespan, client_for
 

@@ -42,7 +42,7 @@ def unknown_id() -> str:
 
 
 def form_value(value: Any) -> str:
-    """A JSON value as the contract spells it in form data (API.md §2)."""
+    """A JSON value as the contract spells it in form data (docs/api.md §3)."""
     if value is None:
         return ""
     if isinstance(value, bool):
@@ -94,7 +94,7 @@ async def listed_ids(api: httpx.AsyncClient, params: dict[str, Any] | None = Non
 
 def assert_error(response: httpx.Response, status: int, param: Any = ANY, *,
                  error_type: str = "invalid_request") -> dict[str, Any]:
-    """An error in the contract's shape (API.md §4): JSON with exactly type, message, param."""
+    """An error in the contract's shape (docs/api.md §5): JSON with exactly type, message, param."""
     assert response.status_code == status, (response.status_code, response.text)
     assert response.headers["content-type"].startswith("application/json"), response.headers
     body = response.json()

@@ -76,7 +76,7 @@ class RedisServer:
 
 
 class ServiceProcess:
-    """`python -m service serve` in a subprocess, configured by environment (API.md §7)."""
+    """`python -m service serve` in a subprocess, configured by environment (docs/api.md §7)."""
 
     def __init__(self, env: dict[str, str], *, args: tuple[str, ...] = ("--no-migrate", "--workers", "1"),
                  log_path: Path | None = None) -> None:

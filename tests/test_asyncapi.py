@@ -1,4 +1,4 @@
-"""docs/asyncapi.yaml describes the stream the code writes (API.md §6), field for field."""
+"""docs/asyncapi.yaml describes the stream the code writes (docs/api.md §6), field for field."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from service.events import EVENT_TYPES, STREAM_FIELDS, ConversationEvent, PreviousAttributes
-from service.wire import Conversation
+from service.model import EVENT_TYPES, STREAM_FIELDS, Conversation, ConversationEvent, PreviousAttributes
 
 DOCUMENT = Path(__file__).resolve().parent.parent / "docs" / "asyncapi.yaml"
 

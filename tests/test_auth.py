@@ -1,4 +1,4 @@
-"""API.md §5: bearer tokens, stored only as SHA-256, issued, listed and revoked by the CLI."""
+"""docs/api.md §2: bearer tokens, stored only as SHA-256, issued, listed and revoked by the CLI."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""API.md §2 and §6 under concurrent writers: uniqueness, no lost update, gapless per-conversation events.
+"""docs/api.md §3 and §6 under concurrent writers: uniqueness, no lost update, gapless per-conversation events.
 
 Every request of a burst goes on its own connection, opened beforehand, to a real `serve` with
 two worker processes (two pools, two event loops, the kernel spreading connections over them),

@@ -1,4 +1,4 @@
-"""API.md §6: `events tail`, the reference consumer (groups, acks, claims, dead letters)."""
+"""docs/api.md §6: `events tail`, the reference consumer (groups, acks, claims, dead letters)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import time
 import redis
 import redis.asyncio as aioredis
 
-from service.consumer import Tail, TailOptions
+from service.events.consumer import Tail, TailOptions
 from service.settings import Settings
 from tests.servers import ROOT
 from tests.stream_helpers import wait_for_entries
@@ -81,7 +81,7 @@ async def test_an_entry_delivered_more_than_max_deliveries_goes_to_the_dead_lett
     await redis_client.xgroup_create(stream, "g", id="0")
     consumer = tail(redis_client, settings, io.StringIO(), group="g", consumer="c", claim_idle_ms=0,
                     max_deliveries=2)
-    caplog.set_level(logging.ERROR, logger="service.consumer")
+    caplog.set_level(logging.ERROR, logger="service.events.consumer")
     await consumer._read(">")  # first delivery: not a valid event, so left pending
     for _ in range(3):
         await consumer.claim_stale()  # each claim is one more delivery
@@ -100,7 +100,7 @@ async def test_pending_entries_deleted_from_the_stream_are_logged_as_lost(api, s
     await redis_client.xgroup_create(settings.events_stream, "g", id="0")
     await redis_client.xreadgroup("g", "dead-consumer", {settings.events_stream: ">"}, count=10)
     await redis_client.xdel(settings.events_stream, produced[0][0])
-    caplog.set_level(logging.WARNING, logger="service.consumer")
+    caplog.set_level(logging.WARNING, logger="service.events.consumer")
     consumer = tail(redis_client, settings, io.StringIO(), group="g", consumer="c", claim_idle_ms=0)
     await consumer.claim_stale()
     assert consumer.lost == [produced[0][0]]

@@ -1,4 +1,4 @@
-"""API.md §6 across a crash: SIGKILL in the middle of a write storm loses no acknowledged write or event.
+"""docs/api.md §6 across a crash: SIGKILL in the middle of a write storm loses no acknowledged write or event.
 
 A `serve` process (one worker) takes creates and updates from many concurrent clients; once a few
 hundred have been acknowledged, it is killed with SIGKILL, and so is its private redis-server

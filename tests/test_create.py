@@ -1,4 +1,4 @@
-"""API.md §2, create: POST /v1/conversations with exactly one of contact_id / group_id."""
+"""docs/api.md §3, create: POST /v1/conversations with exactly one of contact_id / group_id."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""API.md §2, delete: DELETE /v1/conversations/{id} is a permanent delete, 204 with an empty body."""
+"""docs/api.md §3, delete: DELETE /v1/conversations/{id} is a permanent delete, 204 with an empty body."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The deployment files (API.md §7): Dockerfile, .dockerignore and compose.yaml, checked without an engine.
+"""The deployment files (docs/api.md §7): Dockerfile, .dockerignore and compose.yaml, checked without an engine.
 
 compose.yaml's wiring is read with PyYAML and validated by docker-compose (v1, Debian's package)
 when it is installed; the Dockerfile is parsed here and linted by hadolint; and the exact command
@@ -27,8 +27,8 @@ import pytest
 import redis
 import yaml
 
-from service.migrate import SCHEMA_PATH
 from service.settings import ENVIRONMENT_VARIABLES, Settings, load_settings
+from service.store.migrate import SCHEMA_PATH
 from tests.servers import ROOT, free_port
 
 COMPOSE_FILE = ROOT / "compose.yaml"
@@ -370,8 +370,8 @@ def _copy_destinations() -> dict[str, str]:
 
 
 def test_dockerfile_copies_every_file_the_entry_point_needs():
-    needed = sorted(path.relative_to(ROOT).as_posix() for path in (ROOT / "service").glob("*.py"))
-    assert "service/__main__.py" in needed and "service/migrate.py" in needed
+    needed = sorted(path.relative_to(ROOT).as_posix() for path in (ROOT / "service").rglob("*.py"))
+    assert "service/__main__.py" in needed and "service/store/migrate.py" in needed
     assert (ROOT / "schema.sql").is_file()
     assert SCHEMA_PATH == ROOT / "schema.sql", "migrate reads schema.sql beside the package directory"
     needed.append("schema.sql")

@@ -1,4 +1,4 @@
-"""API.md §4: every client error is JSON {"type", "message", "param"} with the right status.
+"""docs/api.md §5: every client error is JSON {"type", "message", "param"} with the right status.
 
 (500 and 503 are covered elsewhere.)
 """

@@ -1,4 +1,4 @@
-"""API.md §6: every create, effective update and delete puts exactly one event on the stream."""
+"""docs/api.md §6: every create, effective update and delete puts exactly one event on the stream."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import asyncpg
 import httpx
 import redis.asyncio as aioredis
 
-from service.events import STREAM_FIELDS, decode_entry
 from service.ids import ID_PATTERN, decode_millis
+from service.model import STREAM_FIELDS, decode_entry
 from service.settings import Settings
 from tests.conftest import Account, wait_for
 from tests.stream_helpers import entries, events_of, wait_for_entries

@@ -1,4 +1,4 @@
-"""API.md §4: 503 with Retry-After when PostgreSQL is unreachable, 500 without details otherwise."""
+"""docs/api.md §5: 503 with Retry-After when PostgreSQL is unreachable, 500 without details otherwise."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import asyncpg
 import msgspec
 import pytest
 
-from service.app import create_app
+from service.http.app import create_app
 from service.settings import Settings
 from tests.asgi import Lifespan, client_for
 from tests.conftest import Account, Backends, migrated_database, new_account, wait_for
@@ -85,7 +85,7 @@ async def test_an_unexpected_error_is_a_500_without_details_and_logged_with_its_
     connection = await asyncpg.connect(broken_database)
     await connection.execute("ALTER TABLE conversations RENAME TO conversations_moved")
     await connection.close()
-    caplog.set_level(logging.ERROR, logger="service.app")
+    caplog.set_level(logging.ERROR, logger="service.http.errors")
     async with Lifespan(app := create_app(settings)), client_for(app, account.token) as api:
         response = await api.get("/v1/conversations")
     assert response.status_code == 500
@@ -93,7 +93,7 @@ async def test_an_unexpected_error_is_a_500_without_details_and_logged_with_its_
                                "message": "an unexpected error occurred on our side; it has been logged",
                                "param": None}
     assert "conversations" not in response.text and "SELECT" not in response.text
-    [record] = [r for r in caplog.records if r.name == "service.app"]
+    [record] = [r for r in caplog.records if r.name == "service.http.errors"]
     assert record.exc_info is not None and "UndefinedTable" in type(record.exc_info[1]).__name__
     assert "/v1/conversations" in record.getMessage()
 

@@ -1,4 +1,4 @@
-"""API.md §2-4 and §7, fuzzed: schemathesis against the service's own OpenAPI document.
+"""docs/api.md §3-5 and §7, fuzzed: schemathesis against the service's own OpenAPI document.
 
 The document is loaded from a real `python -m service serve` (/schema/openapi.json) on the run's
 migrated database, and every operation in it is exercised with schema-valid and schema-invalid
@@ -13,7 +13,7 @@ deleted conversations gone and created ones retrievable. Once with a valid token
 The seed is fixed (SEED) and examples saved by earlier runs are not replayed, so a failure
 reproduces; each test prints its seed, operations, cases sent and distinct failures.
 
-Where API.md is deliberately stricter than an OpenAPI document can say, the generated request is
+Where docs/api.md is deliberately stricter than an OpenAPI document can say, the generated request is
 adjusted before it is sent (`before_call` below), never the checks; each adjustment says why. And
 412 is among the statuses a valid write may get, because a valid If-Match that names another
 version is answered 412 by design.
@@ -37,7 +37,7 @@ import pytest
 import redis.asyncio as aioredis
 import schemathesis
 
-from service.openapi import OPENAPI_PATH
+from service.http.openapi import OPENAPI_PATH
 from service.settings import Settings
 from tests.conftest import Account, new_account
 from tests.servers import ServiceProcess
@@ -159,7 +159,7 @@ def fuzz_config(*, wfc_path: Path | None = None, forged_tokens: bool = False) ->
         "checks": checks,
         "request-timeout": 10,
         "operations": [
-            # The operational endpoints need no token (API.md §7): a valid request there is a 200.
+            # The operational endpoints need no token (docs/api.md §7): a valid request there is a 200.
             {"include-tag": "operations", "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx"]}}},
             {"include-path": ITEM_PATH, "include-method": ["PUT", "PATCH", "DELETE"],
              "checks": {"positive_data_acceptance": {"expected-statuses": valid_write}}},
@@ -219,21 +219,21 @@ def _whole_floats_as_integers(value: Any) -> Any:
 
 @schemathesis.hook
 def before_call(context: schemathesis.HookContext, case: schemathesis.Case, kwargs: dict[str, Any]) -> None:
-    """Adjust a generated request where API.md is stricter than any OpenAPI document can say.
+    """Adjust a generated request where docs/api.md is stricter than any OpenAPI document can say.
 
     Each adjustment keeps a schema-valid request schema-valid and an invalid one invalid (and
     schemathesis re-classifies what a before_call hook changed), so positive_data_acceptance and
     negative_data_rejection still judge every request by what it is.
     """
     del context, kwargs
-    # 1. API.md §2: an integer is "a JSON integer (not 1.0)". JSON Schema's integer includes 130.0
+    # 1. docs/api.md §3: an integer is "a JSON integer (not 1.0)". JSON Schema's integer includes 130.0
     #    (it judges the number, not its spelling), so 130.0 is a valid timestamp to schemathesis.
     #    Spell such a number as the integer it is. (test_errors.py checks that 1.0 is a 400.)
     if isinstance(case.body, (dict, list)):
         case.body = _whole_floats_as_integers(case.body)
     if case.query:
         case.query = _whole_floats_as_integers(case.query)
-        # 2. API.md §3: starting_after and ending_before together are a 400. OpenAPI has no constraint
+        # 2. docs/api.md §4: starting_after and ending_before together are a 400. OpenAPI has no constraint
         #    between two query parameters, so two well-formed cursors look valid. Keep the first
         #    (test_pagination.py checks the 400).
         cursors = [case.query.get(name) for name in ("starting_after", "ending_before")]

@@ -1,6 +1,6 @@
-"""API.md §2-4: hostile input gets a clean 4xx in the contract's error shape, stores nothing, leaks nothing.
+"""docs/api.md §3-5: hostile input gets a clean 4xx in the contract's error shape, stores nothing, leaks nothing.
 
-"No input, however malformed, produces a 500" (API.md §4). For every kind of hostile input
+"No input, however malformed, produces a 500" (docs/api.md §5). For every kind of hostile input
 below, the answer is a 4xx whose body is exactly {"type": "invalid_request", "message", "param"},
 which names the attribute where there is one, echoes no more than a short excerpt of what was
 sent, and carries no stack trace, SQL, file path or software name; and nothing is stored: the
@@ -51,7 +51,7 @@ LEAK_MARKERS = (*SOFTWARE_NAMES, "traceback", "exception", 'file "', ".py", "sit
 
 def assert_clean_error(status: int, headers: Mapping[str, str], content: bytes, expected_status: int,
                        param: Any = ANY, *, sent: bytes = b"") -> dict[str, Any]:
-    """The contract's error body (API.md §4), short, with nothing in it the client did not send."""
+    """The contract's error body (docs/api.md §5), short, with nothing in it the client did not send."""
     assert status == expected_status, (status, content[:300])
     assert headers.get("content-type", "").startswith(JSON), (headers, content[:300])
     body = json.loads(content)
@@ -358,7 +358,7 @@ REPEATED = cases(
     (Call("GET", CONVERSATIONS, query="muted=true&muted=true"), 400, "muted"),
     (Call("GET", CONVERSATIONS, query="starting_after=0000000000000000&starting_after=zzzzzzzzzzzzzzzz"), 400,
      "starting_after"),
-    # API.md/README: "repeated ones" are a 400 in a body, JSON as much as form data: a JSON object with
+    # docs/api.md/README: "repeated ones" are a 400 in a body, JSON as much as form data: a JSON object with
     # a name twice means one thing to one parser and another to the next.
     (json_body("POST", CONVERSATIONS, b'{"contact_id": "a", "contact_id": "b"}'), 400, "contact_id"),
     (json_body("POST", CONVERSATIONS, b'{"contact_id": "a", "group_id": "g", "group_id": null}'), 400, "group_id"),

@@ -1,4 +1,4 @@
-"""API.md §1, identifiers: 16 base62 characters, the first 8 the creation time in milliseconds."""
+"""docs/api.md §1, identifiers: 16 base62 characters, the first 8 the creation time in milliseconds."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""API.md §2-3: one account never sees, changes or learns about another account's conversations."""
+"""docs/api.md §3-4: one account never sees, changes or learns about another account's conversations."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""GET /v1/conversations (API.md §3): the response's shape, its order, `limit`, the filters and
+"""GET /v1/conversations (docs/api.md §4): the response's shape, its order, `limit`, the filters and
 the validation of every query attribute. Paging with cursors is in test_pagination.py."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import asyncpg
 import httpx
 import pytest
 
-from service.wire import CONVERSATION_FIELDS
+from service.model import CONVERSATION_FIELDS
 from tests.conftest import wait_for
 from tests.list_helpers import (
     CONVERSATIONS,

@@ -1,4 +1,4 @@
-"""API.md §7 `migrate`: creates the database, applies schema.sql, idempotent, safe in parallel."""
+"""docs/api.md §7 `migrate`: creates the database, applies schema.sql, idempotent, safe in parallel."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from service.migrate import migrate
-from service.queries import SELECT_CONVERSATION, SELECT_ID_BY_CONTACT, SELECT_ID_BY_GROUP, list_statement
-from service.relay import SELECT_OUTBOX_BATCH
 from service.settings import Settings
+from service.store.migrate import migrate
+from service.store.outbox import SELECT_BATCH as SELECT_OUTBOX_BATCH
+from service.store.queries import SELECT_CONVERSATION, SELECT_ID_BY_CONTACT, SELECT_ID_BY_GROUP, list_statement
 from tests.conftest import Backends, database_url_for, drop_database
 from tests.servers import ROOT
 
@@ -50,7 +50,7 @@ async def test_migrate_creates_the_database_when_it_does_not_exist(fresh_databas
     tables = await snapshot(fresh_database)
     assert any(line.startswith("conversations.id:text:C") for line in tables)
     assert any(line.startswith("api_tokens.token_hash:bytea") for line in tables)
-    assert any(line.startswith("conversation_outbox.data:text") for line in tables)
+    assert any(line.startswith("conversation_outbox.previous_is_muted:boolean") for line in tables)
 
 
 async def test_migrate_is_idempotent(fresh_database: str):
@@ -94,37 +94,19 @@ async def test_every_hot_query_is_served_by_a_named_index(db: asyncpg.Connection
     assert index in plan, plan
 
 
-# The outbox as the first releases created it: each event's data as JSON text.
-JSON_LAYOUT_OUTBOX = """
-CREATE TABLE conversation_outbox (
-    stream text COLLATE "C" NOT NULL, position bigint GENERATED ALWAYS AS IDENTITY,
-    event_id text COLLATE "C" NOT NULL, type text NOT NULL, account_id text NOT NULL,
-    conversation_id text NOT NULL, occurred_at bigint NOT NULL, sequence bigint NOT NULL,
-    schema_version integer NOT NULL, data text NOT NULL, previous_attributes text,
-    CONSTRAINT conversation_outbox_pkey PRIMARY KEY (stream, position)
-)
-"""
-
-
-async def test_migrate_upgrades_an_outbox_of_the_json_layout_keeping_its_rows(
-        fresh_database: str, backend_urls: Backends):
-    admin = await asyncpg.connect(backend_urls.admin_database_url)
-    await admin.execute(f'CREATE DATABASE "{fresh_database.rsplit("/", 1)[1]}"')
-    await admin.close()
+async def test_migrate_drops_the_json_columns_that_outboxes_before_the_column_layout_carried(
+        fresh_database: str):
+    await migrate(Settings(database_url=fresh_database))
     connection = await asyncpg.connect(fresh_database)
     try:
-        await connection.execute(JSON_LAYOUT_OUTBOX)
-        await connection.execute(
-            "INSERT INTO conversation_outbox (stream, event_id, type, account_id, conversation_id, occurred_at, "
-            "sequence, schema_version, data) VALUES ('s', 'evt_1', 'conversation.created', 'acct', 'c1', 1, 1, 1, "
-            "'{\"id\":\"c1\"}')")
-        await migrate(Settings(database_url=fresh_database))
-        row = await connection.fetchrow("SELECT data, contact_id, previous_is_muted FROM conversation_outbox")
-        assert dict(row) == {"data": '{"id":"c1"}', "contact_id": None, "previous_is_muted": None}
-        columns = {line.split(":")[0] for line in await snapshot(fresh_database)}
-        assert {"conversation_outbox.is_muted", "conversation_outbox.previous_archived_at"} <= columns
+        await connection.execute("ALTER TABLE conversation_outbox ADD COLUMN data text, "
+                                 "ADD COLUMN previous_attributes text")
     finally:
         await connection.close()
+    await migrate(Settings(database_url=fresh_database))
+    columns = {line.split(":")[0] for line in await snapshot(fresh_database)}
+    assert "conversation_outbox.data" not in columns
+    assert "conversation_outbox.previous_attributes" not in columns
     first = await snapshot(fresh_database)
     await migrate(Settings(database_url=fresh_database))
     assert await snapshot(fresh_database) == first

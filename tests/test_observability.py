@@ -1,4 +1,4 @@
-"""API.md §7 operations: request ids, one JSON log line per request, metrics over all workers."""
+"""docs/api.md §7 operations: request ids, one JSON log line per request, metrics over all workers."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.observability import JsonFormatter
+from service.logs import JsonFormatter
 from service.settings import Settings
 from tests.conftest import Account
 from tests.servers import ServiceProcess

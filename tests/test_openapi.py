@@ -1,4 +1,4 @@
-"""API.md §7: the OpenAPI 3.1 document at /schema/openapi.json tells the truth about the API."""
+"""docs/api.md §7: the OpenAPI 3.1 document at /schema/openapi.json tells the truth about the API."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from litestar import Litestar
 from openapi_spec_validator import validate
 
 from service.errors import ErrorBody
-from service.handlers import MOUNT_PATH, ROUTES
-from service.openapi import digits_at_most
-from service.wire import MAX_TIMESTAMP, Conversation, ConversationCreate, ConversationUpdate, ListParams
+from service.http.endpoints import MOUNT_PATH, ROUTES
+from service.http.openapi import digits_at_most
+from service.model import MAX_TIMESTAMP, Conversation, ConversationCreate, ConversationUpdate, ListParams
 
 DOCUMENTED_ELSEWHERE = {"/schema", "/schema/openapi.json"}  # the document does not describe itself
 

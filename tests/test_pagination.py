@@ -1,4 +1,4 @@
-"""Cursor pagination of GET /v1/conversations (API.md §3).
+"""Cursor pagination of GET /v1/conversations (docs/api.md §4).
 
 A cursor is a position in the list order (descending id), not a lookup: `starting_after=X` is
 the items with ids below X, `ending_before=X` those above X (still newest first). The expected
@@ -205,7 +205,7 @@ async def test_paging_from_the_last_item_onward_is_empty(api: httpx.AsyncClient,
 
 @pytest.mark.parametrize("cursor", ["starting_after", "ending_before"])
 async def test_cursor_positions_compare_bytewise(api: httpx.AsyncClient, ids: list[str], cursor: str) -> None:
-    """Digits < upper case < lower case, as bytes (API.md §1: COLLATE "C"); a linguistic
+    """Digits < upper case < lower case, as bytes (docs/api.md §1: COLLATE "C"); a linguistic
     collation would put "a..." before "Z..." and move these positions."""
     for conversation_id in ids[::4]:
         for suffix in ("ZZZZZZZZ", "aaaaaaaa", "9zzzzzzz", "A0000000"):

@@ -15,9 +15,9 @@ import asyncpg
 import msgspec
 import pytest
 
-from service.db import create_pool
-from service.pool import ConnectionPool, PoolClosedError
 from service.settings import Settings
+from service.store.database import create_pool
+from service.store.pool import ConnectionPool, PoolClosedError
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""API.md §4 and §6 with PostgreSQL itself stopped and started again, under a real `serve` process.
+"""docs/api.md §5 and §6 with PostgreSQL itself stopped and started again, under a real `serve` process.
 
 tests/test_faults.py cuts a TCP proxy in front of the shared server; here the server goes away for
 real: a private PostgreSQL 15 cluster (tests/private_postgres.py) is stopped with
@@ -8,7 +8,7 @@ call must be a 503 with Retry-After within 5 s (never a hang, never a 500), /rea
 /health a 200. Once the cluster accepts connections again, on the same port, that same
 process (no restart) must answer 2xx and /ready 200 within 10 s, and publish the events of
 the writes that succeed from then on. A hung server (every cluster process SIGSTOPped: the
-connections stay open, nothing answers) must also give 503s within 5 s, the bound API.md §7's
+connections stay open, nothing answers) must also give 503s within 5 s, the bound docs/api.md §7's
 "every wait has a timeout" is for. The times are measured, asserted and printed.
 """
 
@@ -27,8 +27,8 @@ import httpx
 import msgspec
 import pytest
 
-from service.migrate import migrate
 from service.settings import Settings
+from service.store.migrate import migrate
 from tests.conftest import Account, database_url_for, new_account, wait_for
 from tests.private_postgres import PrivatePostgres
 from tests.servers import ServiceProcess
@@ -212,7 +212,7 @@ async def test_after_postgres_returns_the_same_process_recovers_within_10_second
     published_in = time.monotonic() - written_at
     published_since_back = time.monotonic() - back_at
     found = await entries(redis_client, stream)
-    # A crash may publish an event again (API.md §6: the relay's deletes commit asynchronously, so
+    # A crash may publish an event again (docs/api.md §6: the relay's deletes commit asynchronously, so
     # some are lost with PostgreSQL): the first copies count, and they have no gap and are in order.
     first_copies: dict[str, int] = {}
     for _, fields in found:

@@ -1,4 +1,4 @@
-"""A property of the whole API (API.md §2-3): any sequence of creates, updates, deletes,
+"""A property of the whole API (docs/api.md §3-4): any sequence of creates, updates, deletes,
 retrieves and lists gives, at every step, exactly the answer of a small in-memory model of the
 contract.
 
@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 from litestar import Litestar
 
 from service.ids import ID_PATTERN, decode_millis, encode_millis
+from service.model import CONVERSATION_FIELDS, MAX_TIMESTAMP
 from service.settings import Settings
-from service.wire import CONVERSATION_FIELDS, MAX_TIMESTAMP
 from tests.asgi import client_for
 from tests.conftest import new_account
 from tests.list_helpers import CONVERSATIONS, ERROR_KEYS

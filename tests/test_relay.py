@@ -1,4 +1,4 @@
-"""API.md §6 delivery: outages of Redis and PostgreSQL, one publisher per stream, takeover."""
+"""docs/api.md §6 delivery: outages of Redis and PostgreSQL, one publisher per stream, takeover."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import httpx
 import msgspec
 import redis.asyncio as aioredis
 
-from service.app import create_app
+from service.http.app import create_app
 from service.settings import Settings
 from tests.asgi import Lifespan, client_for
 from tests.conftest import Account, wait_for
@@ -37,7 +37,7 @@ async def test_writes_succeed_while_redis_is_down_and_every_event_arrives_after_
             first = (await api.post("/v1/conversations", json={"contact_id": "before"})).json()
             await wait_for_entries(stream_reader, settings.events_stream, 1)
             server.kill()
-            caplog.set_level(logging.WARNING, logger="service.relay")
+            caplog.set_level(logging.WARNING, logger="service.events")
             during = [await api.post("/v1/conversations", json={"contact_id": f"during_{n}"}) for n in range(5)]
             during += [await api.put(f"/v1/conversations/{first['id']}", json={"last_active_at": 10 + n})
                        for n in range(5)]
@@ -118,7 +118,7 @@ async def test_relay_waits_out_a_postgres_outage_and_resumes(
     try:
         async with Lifespan(app := create_app(settings)), client_for(app, account.token) as api:
             await wait_for(lambda: app.state.relay.stats.is_leader)
-            caplog.set_level(logging.WARNING, logger="service.relay")
+            caplog.set_level(logging.WARNING, logger="service.events")
             await proxy.cut()
             created = [await api.post("/v1/conversations", json={"contact_id": f"c{n}"}) for n in range(3)]
             assert [r.status_code for r in created] == [201] * 3  # the API does not need the relay
@@ -186,19 +186,3 @@ async def test_a_write_that_skipped_its_notify_is_still_published_by_the_sweep(
 
 async def _is(value, expected: bool) -> bool:
     return (await value) is expected
-
-
-async def test_an_outbox_row_of_the_json_layout_is_published_byte_for_byte(
-        settings: Settings, account: Account, db: asyncpg.Connection, redis_client):
-    """Rows written before the column layout (schema.sql) carry their JSON; the relay sends it as it is."""
-    data = '{"id":"legacy_conversation","contact_id":"c","group_id":null}'
-    previous = '{"is_muted":false}'
-    await db.execute(
-        "INSERT INTO conversation_outbox (stream, event_id, type, account_id, conversation_id, occurred_at, "
-        "sequence, schema_version, data, previous_attributes) "
-        "VALUES ($1, 'evt_legacy', 'conversation.updated', $2, 'legacy_conversation', 7, 2, 1, $3, $4)",
-        settings.events_stream, account.id, data, previous)
-    async with Lifespan(create_app(settings)):
-        [(_, fields)] = await wait_for_entries(redis_client, settings.events_stream, 1)
-    assert fields["id"] == "evt_legacy" and fields["sequence"] == "2"
-    assert fields["data"] == data and fields["previous_attributes"] == previous

@@ -1,4 +1,4 @@
-"""API.md §6 retention: the relay trims to what consumer groups still need, never blindly."""
+"""docs/api.md §6 retention: the relay trims to what consumer groups still need, never blindly."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 
-from service.redis_client import Durability, create_redis, detect_durability
-from service.relay import Relay
+from service.events.durability import Durability, detect_durability
+from service.events.redis_client import create_redis
+from service.events.retention import Retention
+from service.events.stats import RelayStats
 from service.settings import Settings
 from tests.servers import RedisServer
 from tests.stream_helpers import wait_for_entries
@@ -23,13 +25,14 @@ async def fill(redis: aioredis.Redis, stream: str, count: int) -> list[str]:
     return list(await pipe.execute())
 
 
-def relay_for(settings: Settings, redis: aioredis.Redis, **changes: int) -> Relay:
-    return Relay(msgspec.structs.replace(settings, **changes), redis)
+def retention_for(settings: Settings, redis: aioredis.Redis, events_maxlen: int = 1_000_000,
+                  events_hard_maxlen: int = 10_000_000) -> Retention:
+    return Retention(redis, settings.events_stream, events_maxlen, events_hard_maxlen, RelayStats())
 
 
 async def test_without_a_consumer_group_the_stream_keeps_about_events_maxlen(settings: Settings, redis_client):
     await fill(redis_client, settings.events_stream, 1000)
-    await relay_for(settings, redis_client, events_maxlen=300).trim()
+    await retention_for(settings, redis_client, events_maxlen=300).trim()
     length = await redis_client.xlen(settings.events_stream)
     # `~`: whole stream nodes (100 entries each by default) are removed, so a little more stays.
     assert 300 <= length < 1000
@@ -38,7 +41,7 @@ async def test_without_a_consumer_group_the_stream_keeps_about_events_maxlen(set
 async def test_entries_a_group_has_not_read_are_never_trimmed(settings: Settings, redis_client):
     await redis_client.xgroup_create(settings.events_stream, "slow", id="0", mkstream=True)
     await fill(redis_client, settings.events_stream, 1000)
-    await relay_for(settings, redis_client, events_maxlen=10).trim()
+    await retention_for(settings, redis_client, events_maxlen=10).trim()
     assert await redis_client.xlen(settings.events_stream) == 1000
 
 
@@ -48,7 +51,7 @@ async def test_entries_delivered_but_not_acknowledged_are_never_trimmed(settings
     await redis_client.xgroup_create(stream, "workers", id="0")
     await redis_client.xreadgroup("workers", "w1", {stream: ">"}, count=1000)
     await redis_client.xack(stream, "workers", *ids[600:])  # the first 600 stay pending
-    await relay_for(settings, redis_client, events_maxlen=10).trim()
+    await retention_for(settings, redis_client, events_maxlen=10).trim()
     remaining = await redis_client.xrange(stream, "-", "+")
     assert remaining[0][0] == ids[0]
 
@@ -62,7 +65,7 @@ async def test_entries_every_group_acknowledged_are_trimmed(settings: Settings, 
     await redis_client.xack(stream, "a", *ids)
     await redis_client.xreadgroup("b", "c", {stream: ">"}, count=700)
     await redis_client.xack(stream, "b", *ids[:700])
-    await relay_for(settings, redis_client, events_maxlen=10).trim()
+    await retention_for(settings, redis_client, events_maxlen=10).trim()
     remaining = [entry_id for entry_id, _ in await redis_client.xrange(stream, "-", "+")]
     assert ids[700] in remaining  # group b has not read it yet
     assert len(remaining) < 1000  # what both groups acknowledged is gone (in whole nodes)
@@ -74,12 +77,13 @@ async def test_past_the_hard_maximum_unread_entries_are_dropped_logged_and_count
     stream = settings.events_stream
     await redis_client.xgroup_create(stream, "stalled", id="0", mkstream=True)
     ids = await fill(redis_client, stream, 500)
-    relay = relay_for(settings, redis_client, events_maxlen=50, events_hard_maxlen=200)
-    caplog.set_level(logging.ERROR, logger="service.relay")
-    await relay.trim()
+    stats = RelayStats()
+    retention = Retention(redis_client, stream, 50, 200, stats)
+    caplog.set_level(logging.ERROR, logger="service.events")
+    await retention.trim()
     remaining = [entry_id for entry_id, _ in await redis_client.xrange(stream, "-", "+")]
     assert remaining == ids[300:]
-    assert relay.stats.unread_dropped == 300
+    assert stats.unread_dropped == 300
     assert any("dropped 300 entries" in record.getMessage() for record in caplog.records)
 
 

@@ -1,4 +1,4 @@
-"""API.md §2, retrieve: GET /v1/conversations/{id}."""
+"""docs/api.md §3, retrieve: GET /v1/conversations/{id}."""
 
 from __future__ import annotations
 

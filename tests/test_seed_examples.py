@@ -1,8 +1,8 @@
 """The seed page's five curl commands, run verbatim (host, token and id replaced) against `serve`.
 
-The commands are read from the seed page itself (tests/data holds a copy of
-../shared/seeds/conversations-api-seed.txt), so this test breaks if the page and the service
-part ways. They send form bodies (`curl -d`), as API.md §2 requires us to accept.
+The commands are read from the seed page itself (tests/data holds a copy of the public docs
+page the contract grew from), so this test breaks if the page and the service part ways.
+They send form bodies (`curl -d`), as docs/api.md §3 requires us to accept.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from service.model import CONVERSATION_FIELDS
 from service.settings import Settings
-from service.wire import CONVERSATION_FIELDS
 from tests.conftest import Account
 from tests.servers import ServiceProcess
 

@@ -1,4 +1,4 @@
-"""API.md §7: configuration by environment variable only, with the contract's defaults."""
+"""docs/api.md §7: configuration by environment variable only, with the contract's defaults."""
 
 from __future__ import annotations
 

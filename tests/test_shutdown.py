@@ -1,4 +1,4 @@
-"""API.md §7: SIGTERM stops accepting, finishes in-flight requests and flushes the relay, in time."""
+"""docs/api.md §7: SIGTERM stops accepting, finishes in-flight requests and flushes the relay, in time."""
 
 from __future__ import annotations
 

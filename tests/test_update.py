@@ -1,4 +1,4 @@
-"""API.md §2, update: PUT (and PATCH) /v1/conversations/{id}, a strictly typed partial update."""
+"""docs/api.md §3, update: PUT (and PATCH) /v1/conversations/{id}, a strictly typed partial update."""
 
 from __future__ import annotations
 

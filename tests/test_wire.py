@@ -1,4 +1,4 @@
-"""Unit tests of service.wire: msgspec's errors in the contract's words, and the strict decoders."""
+"""Unit tests of service.http.decoding: msgspec's errors in the contract's words, and the strict decoders."""
 
 from __future__ import annotations
 
@@ -9,17 +9,8 @@ import pytest
 from msgspec import UNSET
 
 from service.errors import InvalidRequest, UnsupportedMediaType
-from service.wire import (
-    MAX_QUERY_ATTRIBUTES,
-    MAX_TIMESTAMP,
-    ConversationCreate,
-    ConversationUpdate,
-    ListParams,
-    NoAttributes,
-    decode_body,
-    decode_query,
-    translate_validation_error,
-)
+from service.http.decoding import MAX_QUERY_ATTRIBUTES, decode_body, decode_query, translate_validation_error
+from service.model import MAX_TIMESTAMP, ConversationCreate, ConversationUpdate, ListParams, NoAttributes
 
 JSON = "application/json"
 FORM = "application/x-www-form-urlencoded"

@@ -16,9 +16,9 @@ import asyncpg
 
 from service.settings import Settings
 
-logger = logging.getLogger("service.migrate")
+logger = logging.getLogger("service.store.migrate")
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema.sql"
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schema.sql"
 MIGRATION_LOCK_KEY = 0x636F6E7665727361  # "conversa" in ASCII: a fixed key shared by every replica
 
 

@@ -1,9 +1,9 @@
-"""PostgreSQL access: the pool, with a timeout on every wait, and one exception for "unreachable".
+"""PostgreSQL access: statements and transactions on the pool, and one exception for "unreachable".
 
-Every call acquires a pooled connection (pool.py) within `db_acquire_timeout`,
-runs one statement bounded by `db_statement_timeout`, and turns any sign that the
-database cannot be reached in time into `DatabaseUnavailable` (a 503 with Retry-After). No
-domain SQL here: that is `queries.py`.
+Every call acquires a pooled connection (pool.py) within `db_acquire_timeout`, runs one
+statement bounded by `db_statement_timeout`, and turns any sign that the database cannot be
+reached in time into `DatabaseUnavailable` (a 503 with Retry-After). No domain SQL here: each
+table's statements live in their own module of this package.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Any, Protocol
 import asyncpg
 
 from service.errors import DatabaseUnavailable
-from service.pool import ConnectionPool
 from service.settings import Settings
+from service.store.pool import ConnectionPool
 
 
 def is_unavailable(error: BaseException) -> bool:
@@ -69,6 +69,8 @@ class Executor(Protocol):
 
     async def fetchval(self, query: str, *args: Any) -> Any: ...
 
+    async def execute(self, query: str, *args: Any) -> str: ...
+
 
 def _drop_if_suspect(connection: asyncpg.Connection, error: BaseException) -> None:
     """Close at once a connection whose statement timed out, was cancelled or lost its server.
@@ -88,7 +90,7 @@ def _raise_if_unavailable(error: Exception) -> None:
 
 
 class _Statements:
-    """fetchrow / fetch / fetchval, each one statement through the subclass's `_run`."""
+    """fetchrow / fetch / fetchval / execute, each one statement through the subclass's `_run`."""
 
     __slots__ = ()
 
@@ -103,6 +105,10 @@ class _Statements:
 
     async def fetchval(self, query: str, *args: Any) -> Any:
         return await self._run("fetchval", query, args)
+
+    async def execute(self, query: str, *args: Any) -> str:
+        """Run a statement; its status tag (e.g. "DELETE 3")."""
+        return await self._run("execute", query, args)
 
 
 class Transaction(_Statements):
@@ -183,6 +189,3 @@ class Database(_Statements):
                 raise
         finally:
             self.pool.release(connection)
-
-    async def close(self) -> None:
-        await self.pool.close()

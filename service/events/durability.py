@@ -1,7 +1,9 @@
-"""The one Redis client of a process, and what the server it talks to promises about durability.
+"""What a Redis server promises about a published entry surviving its crash, asked of the server itself.
 
-Every call is bounded by `REDIS_TIMEOUT` (connect and socket), and redis-py's own retries are
-off: the relay owns its backoff (API.md §6, "Redis outage"), and `/ready` wants a quick answer.
+The relay deletes an outbox row only once its entry is as safe as the server can make it: with
+WAITAOF (AOF on, Redis 7.2 or newer) it waits for the fsync of each batch; with `appendfsync
+always` the XADD's reply already means it is on disk; otherwise it warns that a Redis crash can
+lose published events.
 """
 
 from __future__ import annotations
@@ -9,23 +11,7 @@ from __future__ import annotations
 import enum
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
-
-from service.settings import Settings
-
-
-def create_redis(settings: Settings, *, timeout: float | None = None) -> aioredis.Redis:
-    seconds = settings.redis_timeout if timeout is None else timeout
-    return aioredis.Redis.from_url(
-        settings.redis_url,
-        socket_timeout=seconds,
-        socket_connect_timeout=seconds,
-        retry=Retry(NoBackoff(), 0),
-        decode_responses=True,
-        client_name="conversations-service",
-    )
 
 
 class Durability(enum.Enum):

@@ -15,11 +15,11 @@ from types import FrameType
 
 import uvicorn
 
-from service.http_protocol import ContractHttpToolsProtocol
-from service.migrate import migrate
+from service.http.protocol import ContractHttpToolsProtocol
 from service.settings import Settings
+from service.store.migrate import migrate
 
-APP_FACTORY = "service.app:app_from_environment"
+APP_FACTORY = "service.http.app:app_from_environment"
 
 
 def _note_stop_signal(signum: int, _frame: FrameType | None) -> None:

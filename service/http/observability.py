@@ -1,11 +1,10 @@
-"""Logs and per-request observation (API.md §7).
+"""Per-request observation: request ids, metrics and the request log line.
 
-Logs are one JSON object per line on stderr, at LOG_LEVEL, uvicorn's own loggers included.
 `RequestObserver` wraps the whole ASGI app (so it also sees the 404s and 405s that never reach
 a route): it takes the request's X-Request-ID when it is a sane token, or makes one, echoes it
 in the response, counts the request and its latency by route template, and writes one log line
-per request at INFO. A log line never carries a request body, a query string, a token or an
-Authorization header.
+per request at INFO. The route template and the account come from the scope keys below, which
+the /v1 mount writes once it has routed and authenticated the call.
 """
 
 from __future__ import annotations
@@ -14,64 +13,14 @@ import itertools
 import logging
 import os
 import re
-import sys
 import time
 from typing import Any
 
-import msgspec
-
 from service.metrics import observe_request
 
-
-class LogLine(msgspec.Struct, omit_defaults=True):
-    """One log line; request fields are present only on request lines."""
-
-    time: str
-    level: str
-    logger: str
-    message: str
-    method: str | None = None
-    route: str | None = None
-    path: str | None = None
-    status: int | None = None
-    duration_ms: float | None = None
-    request_id: str | None = None
-    account_id: str | None = None
-    error: str | None = None
-
-
-_REQUEST_FIELDS = ("method", "route", "path", "status", "duration_ms", "request_id", "account_id")
-_encode = msgspec.json.Encoder().encode
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        seconds = record.created
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{int(seconds % 1 * 1000):03d}Z"
-        line = LogLine(time=stamp, level=record.levelname.lower(), logger=record.name, message=record.getMessage(),
-                       **{name: getattr(record, name) for name in _REQUEST_FIELDS if hasattr(record, name)})
-        if record.exc_info:
-            line.error = self.formatException(record.exc_info)
-        return _encode(line).decode()
-
-
-def configure_logging(level: str) -> None:
-    """Send every logger (ours and uvicorn's) to stderr as JSON lines at `level`."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    for name in ("uvicorn", "uvicorn.error"):
-        uvicorn_logger = logging.getLogger(name)
-        uvicorn_logger.handlers[:] = []
-        uvicorn_logger.propagate = True
-    # uvicorn's access log would repeat our request lines (without the route or request id).
-    access = logging.getLogger("uvicorn.access")
-    access.handlers[:] = []
-    access.propagate = False
-    access.disabled = True
-
+# Written by the /v1 mount, read here after the call.
+ROUTE_SCOPE_KEY = "path_template"
+ACCOUNT_SCOPE_KEY = "auth"
 
 request_logger = logging.getLogger("service.requests")
 
@@ -125,10 +74,10 @@ class RequestObserver:
             await self.app(scope, receive, send_with_request_id)
         finally:
             seconds = time.perf_counter() - started
-            route = scope.get("path_template") or UNMATCHED_ROUTE
+            route = scope.get(ROUTE_SCOPE_KEY) or UNMATCHED_ROUTE
             observe_request(scope["method"], route, status, seconds)
             if request_logger.isEnabledFor(logging.INFO):
                 request_logger.info("%s %s %d", scope["method"], route, status, extra={
                     "method": scope["method"], "route": route, "path": path[:200], "status": status,
                     "duration_ms": round(seconds * 1000, 3), "request_id": request_id.decode(),
-                    "account_id": scope.get("auth")})
+                    "account_id": scope.get(ACCOUNT_SCOPE_KEY)})

@@ -1,4 +1,4 @@
-"""`python -m service events tail`: the reference consumer of the event stream (API.md §6).
+"""`python -m service events tail`: the reference consumer of the event stream.
 
 It joins a consumer group (created with XGROUP CREATE ... MKSTREAM if missing), first finishes
 what this consumer name left pending before a restart, then reads new entries. Each event is
@@ -24,11 +24,11 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from service.events import ConversationEvent, decode_entry
-from service.redis_client import create_redis
+from service.events.redis_client import create_redis
+from service.model import ConversationEvent, decode_entry
 from service.settings import Settings
 
-logger = logging.getLogger("service.consumer")
+logger = logging.getLogger("service.events.consumer")
 
 BLOCK_MS = 2000
 READ_COUNT = 100

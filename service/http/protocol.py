@@ -1,8 +1,8 @@
 """uvicorn's httptools protocol, except that a request it cannot parse gets the contract's error.
 
 uvicorn answers an unparsable request (a garbage request line, `Content-Length: abc`, a raw
-control byte in the path...) itself, before any ASGI app sees it, with a text/plain 400. API.md
-§4 wants every error in one JSON shape, so this subclass replaces only that answer.
+control byte in the path...) itself, before any ASGI app sees it, with a text/plain 400. The
+contract wants every error in one JSON shape, so this subclass replaces only that answer.
 """
 
 from __future__ import annotations

@@ -1,119 +1,25 @@
-"""What crosses the wire: request, response and error Structs, and the strict decoders for them.
+"""Strict decoding of what a client sends: JSON and form bodies, query strings, into the model's Structs.
 
-Bodies arrive as JSON or as form data (API.md §2: the seed's `curl -d` sends a form), query
-strings as form-encoded pairs; all three are decoded into the same Structs with the same rules,
-and every failure becomes an `InvalidRequest` naming the attribute with a sentence a developer
-can act on. No I/O here.
+Bodies arrive as JSON or as form data (the seed's `curl -d` sends a form), query strings as
+form-encoded pairs; all three are decoded into the same Structs (service/model.py) with the same
+rules, and every failure becomes an `InvalidRequest` naming the attribute with a sentence a
+developer can act on. Litestar's own parsing converts laxly and ignores unknown query keys,
+which the contract forbids, so the mount never uses it. No I/O here.
 """
 
 from __future__ import annotations
 
 import re
 from functools import cache
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
 import msgspec
-from msgspec import UNSET, Meta, UnsetType
 
 from service.errors import InvalidRequest, UnsupportedMediaType
+from service.model import MAX_TIMESTAMP, RequestAttributes
 
-MAX_TIMESTAMP = 253402300799  # 9999-12-31T23:59:59Z
 MAX_QUERY_ATTRIBUTES = 32
-
-# `$` would accept a trailing newline (Python's `re.search` semantics, which msgspec uses);
-# `(?![\s\S])` anchors the true end and reads the same in Python and in JSON Schema's ECMA regex.
-ForeignId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}(?![\s\S])", examples=["WAz8eIbvDR60rouK"])]
-ConversationId = Annotated[str, Meta(pattern=r"^[0-9A-Za-z]{16}(?![\s\S])", examples=["xgQQXg3hrtjh7AvZ"])]
-Timestamp = Annotated[int, Meta(ge=0, le=MAX_TIMESTAMP, examples=[705103200])]
-Limit = Annotated[int, Meta(ge=1, le=100)]
-
-CONVERSATION_ID = re.compile(r"[0-9A-Za-z]{16}")
-
-# ------------------------------------------------------------------------------------- responses
-
-
-class Conversation(msgspec.Struct):
-    """A conversation as the API returns it; the field order is the wire order (API.md §1)."""
-
-    id: str
-    contact_id: str | None
-    group_id: str | None
-    pinned_message_id: str | None
-    is_pinned: bool
-    is_muted: bool
-    last_active_at: int | None
-    last_opened_at: int | None
-    created_at: int
-    archived_at: int | None
-
-
-CONVERSATION_FIELDS = Conversation.__struct_fields__
-
-
-class Reply(msgspec.Struct, kw_only=True):
-    """A response of /v1/conversations, encoded: what a write with an Idempotency-Key stores."""
-
-    status: int
-    body: bytes = b""
-    location: str | None = None
-    etag: str | None = None
-    replayed: bool = False  # an idempotent retry's stored answer
-
-
-class ConversationPage(msgspec.Struct):
-    """One page of a list (API.md §3)."""
-
-    has_more: bool
-    data: list[Conversation]
-
-
-# -------------------------------------------------------------------------------------- requests
-
-
-class RequestAttributes(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """Base of every request body and query.
-
-    `forbid_unknown_fields`: an unknown attribute (a typo such as `is_mute`) is a 400 naming it,
-    never silently ignored. Fields that may be absent default to `UNSET`, so "not given" stays
-    distinct from an explicit `null` (which clears a nullable field).
-    """
-
-
-class ConversationCreate(RequestAttributes):
-    """POST /v1/conversations: exactly one of the two (checked by the rules, not the type)."""
-
-    contact_id: ForeignId | None = None
-    group_id: ForeignId | None = None
-
-
-class ConversationUpdate(RequestAttributes):
-    """PUT/PATCH /v1/conversations/{id}: any subset; `null` clears a nullable field."""
-
-    pinned_message_id: ForeignId | None | UnsetType = UNSET
-    is_pinned: bool | UnsetType = UNSET
-    is_muted: bool | UnsetType = UNSET
-    archived_at: Timestamp | None | UnsetType = UNSET
-    last_opened_at: Timestamp | None | UnsetType = UNSET
-    last_active_at: Timestamp | None | UnsetType = UNSET
-
-
-class NoAttributes(RequestAttributes):
-    """Calls that take no attributes (retrieve, delete): anything given is unknown."""
-
-
-class ListParams(RequestAttributes):
-    """GET /v1/conversations query attributes (API.md §3)."""
-
-    limit: Limit = 10
-    muted: bool | UnsetType = UNSET
-    pinned: bool | UnsetType = UNSET
-    archived: bool | UnsetType = UNSET
-    contact_id: ForeignId | UnsetType = UNSET
-    group_id: ForeignId | UnsetType = UNSET
-    starting_after: ConversationId | UnsetType = UNSET
-    ending_before: ConversationId | UnsetType = UNSET
-
 
 # What each attribute must be, as the end of a sentence "<attribute> must be ...".
 _FOREIGN_ID_RULE = "a string of 1 to 64 characters from A-Z, a-z, 0-9, '_' and '-'"
@@ -191,7 +97,7 @@ _TOO_BIG = 10**20  # stands for any longer run of digits: out of every range, ne
 
 
 def _typed_value(value: str, kinds: _FieldKinds | None) -> Any:
-    """A form value as the JSON value it spells, where the field accepts that kind (API.md §2)."""
+    """A form value as the JSON value it spells, where the field accepts that kind (docs/api.md §3)."""
     if kinds is None:
         return value
     if kinds.takes_bool and value in ("true", "false"):
@@ -283,5 +189,3 @@ def decode_body(body: bytes, content_type: str | None, struct_type: type[T]) -> 
         f"send the body as {JSON_MEDIA_TYPE} or {FORM_MEDIA_TYPE}, not {media_type or 'without a Content-Type'}"
     )
 
-
-encode_json = msgspec.json.Encoder().encode

@@ -11,7 +11,7 @@ timers per call:
   `wait_seconds` at most, then raises TimeoutError.
 * A checkout is bounded by `hold_seconds`: the watchdog terminates a connection held longer
   (a statement that a hung or overloaded server does not answer), which fails the statement
-  awaiting it with ConnectionDoesNotExistError at once; db.py turns that into a 503. The
+  awaiting it with ConnectionDoesNotExistError at once; database.py turns that into a 503. The
   server's own statement_timeout, set at connect, stops the statement on its side.
 * `release` is synchronous: the connection goes to the first waiter or back to the idle list.
   A connection that is closed, or was left inside a transaction (a request cancelled during its
@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
-logger = logging.getLogger("service.pool")
+logger = logging.getLogger("service.store.pool")
 
 Connect = Callable[[], Awaitable[asyncpg.Connection]]
 WATCH_SECONDS = 0.1  # the watchdog's period: how late a timeout may fire

@@ -1,4 +1,4 @@
-"""Operational endpoints, outside /v1 and without a token (API.md §7): /health and /ready.
+"""Operational endpoints, outside /v1 and without a token: /health, /ready and /metrics.
 
 /health says only that the process answers (no dependency checked: a load balancer must not
 take every replica out because the database blinked). /ready is 200 when PostgreSQL answers,
@@ -18,9 +18,11 @@ from litestar import Request, get
 from litestar.response.base import ASGIResponse
 
 from service import metrics
-from service.db import Database
-from service.relay import Relay, outbox_backlog
-from service.wire import encode_json
+from service.errors import RETRY_AFTER_SECONDS
+from service.events.relay import Relay
+from service.model import encode_json
+from service.store import outbox
+from service.store.database import Database
 
 READY_CHECK_SECONDS = 1.0
 
@@ -53,7 +55,7 @@ async def _check_postgres(db: Database, stream: str) -> tuple[int, int | None] |
         async with asyncio.timeout(READY_CHECK_SECONDS):
             connection = await db.acquire()
             try:
-                return await outbox_backlog(connection, stream)
+                return await outbox.fetch_backlog(connection, stream)
             except BaseException:
                 with contextlib.suppress(asyncpg.InterfaceError):
                     connection.terminate()  # cut short: do not wait on a server that did not answer
@@ -89,7 +91,7 @@ async def ready(request: Request) -> ASGIResponse:
         outbox_oldest_age_seconds=oldest_age,
         relay_is_leader=relay.stats.is_leader,
     )
-    headers = None if backlog is not None else {"Retry-After": "1"}
+    headers = None if backlog is not None else {"Retry-After": RETRY_AFTER_SECONDS}
     return ASGIResponse(body=encode_json(report), media_type="application/json",
                         status_code=200 if backlog is not None else 503, headers=headers)
 
@@ -102,4 +104,4 @@ async def metrics_endpoint(request: Request) -> ASGIResponse:
     return ASGIResponse(body=metrics.render(families), media_type=metrics.CONTENT_TYPE)
 
 
-OPERATION_HANDLERS = [health, ready, metrics_endpoint]
+STATUS_HANDLERS = [health, ready, metrics_endpoint]

@@ -1,50 +1,38 @@
-"""The Litestar application: routes, the error handler, and the resources its lifespan owns.
+"""The Litestar application: its routes, its error handler, and the resources its lifespan owns.
 
 `create_app(settings)` is the only way to build it (tests pass their own Settings);
 `app_from_environment()` is the factory the ASGI server imports in each worker. The lifespan
-opens the request pool, the Redis client and the relay, and on shutdown (after the server has
-stopped taking requests and finished the ones in flight) flushes the relay and closes them.
-No SQL and no request parsing here.
+opens the request pool, the Redis client and the relay, and starts the idempotency-key purge;
+on shutdown (after the server has stopped taking requests and finished the ones in flight) it
+flushes the relay and closes them. No SQL and no request parsing here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
-from litestar import Litestar, Request, Response
+from litestar import Litestar
 
 from service import metrics
-from service.auth import TokenAuthenticator
 from service.conversations import Conversations
-from service.db import Database, create_pool
-from service.errors import InternalError, as_api_error, encode_error
-from service.handlers import CONVERSATION_HANDLERS, MAX_BODY_BYTES
-from service.observability import RequestObserver, configure_logging
-from service.openapi import SCHEMA_HANDLERS
-from service.operations import OPERATION_HANDLERS
-from service.pool import ConnectionPool
-from service.redis_client import create_redis
-from service.relay import Relay
+from service.events.redis_client import create_redis
+from service.events.relay import Relay
+from service.http import idempotency
+from service.http.auth import TokenAuthenticator
+from service.http.error_handler import render_error
+from service.http.limits import MAX_BODY_BYTES
+from service.http.mount import CONVERSATION_HANDLERS
+from service.http.observability import RequestObserver
+from service.http.openapi import SCHEMA_HANDLERS
+from service.http.status import STATUS_HANDLERS
+from service.logs import configure_logging
 from service.settings import Settings, load_settings
-
-logger = logging.getLogger("service.app")
+from service.store.database import Database, create_pool
+from service.store.pool import ConnectionPool
 
 POOL_SAMPLE_SECONDS = 1.0
-
-
-def render_error(request: Request, error: Exception) -> Response:
-    """The one exception handler: every error leaves in the contract's shape (API.md §4)."""
-    # raw_path: the path as sent (a mounted handler sees scope["path"] rewritten to its remainder).
-    raw_path = request.scope.get("raw_path")
-    path = raw_path.decode("latin-1") if raw_path else request.scope.get("path", "")
-    api_error = as_api_error(request.method, path, error)
-    if isinstance(api_error, InternalError):
-        logger.error("unhandled error serving %s %s", request.method, path, exc_info=error)
-    return Response(content=encode_error(api_error), status_code=api_error.status_code,
-                    media_type="application/json", headers=api_error.headers or None)
 
 
 async def _sample_pool(pool: ConnectionPool) -> None:
@@ -71,11 +59,13 @@ def _lifespan(settings: Settings, run_relay: bool) -> Callable[[Litestar], Abstr
         app.state.conversations = Conversations(settings.events_stream)
         if run_relay:
             relay.start()
-        sampler = asyncio.create_task(_sample_pool(pool), name="pool-sampler")
+        background = [asyncio.create_task(_sample_pool(pool), name="pool-sampler"),
+                      asyncio.create_task(idempotency.purge_forever(db), name="idempotency-purge")]
         try:
             yield
         finally:
-            sampler.cancel()
+            for task in background:
+                task.cancel()
             await relay.stop(flush_seconds=settings.shutdown_timeout * 0.4)
             await redis.aclose()
             await pool.close()
@@ -90,12 +80,12 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> RequestObserver
     `run_relay=False` is for tests that drive the relay themselves.
     """
     return RequestObserver(Litestar(
-        route_handlers=[*CONVERSATION_HANDLERS, *OPERATION_HANDLERS, *SCHEMA_HANDLERS],
+        route_handlers=[*CONVERSATION_HANDLERS, *STATUS_HANDLERS, *SCHEMA_HANDLERS],
         lifespan=[_lifespan(settings, run_relay)],
         exception_handlers={Exception: render_error},
         request_max_body_size=MAX_BODY_BYTES,
         openapi_config=None,  # the document is openapi.py's, served at /schema/openapi.json
-        logging_config=None,  # logging is observability.py's, set up once per process
+        logging_config=None,  # logging is service/logs.py's, set up once per process
         debug=False,
     ))
 

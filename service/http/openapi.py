@@ -1,9 +1,9 @@
-"""The OpenAPI 3.1 document (API.md §7) and the interactive docs page, both under /schema.
+"""The OpenAPI 3.1 document and the interactive docs page, both under /schema.
 
 The document is assembled here rather than inferred by Litestar, because the handlers decode
 bodies and queries themselves (wire.py) and Litestar would describe neither the form encoding
 nor the contract's error bodies. Schemas come from the very Structs the code decodes and encodes
-(msgspec.json.schema_components), so they cannot drift from the code; tests/test_openapi.py
+(msgspec.json.schema_components), so they cannot drift from the code; the tests
 checks the paths against the app's routes and real responses against the schemas.
 """
 
@@ -17,10 +17,12 @@ from litestar import MediaType, get
 from litestar.response.base import ASGIResponse
 
 from service.errors import ConflictErrorBody, ErrorBody
-from service.operations import Health, Readiness
-from service.wire import (
-    FORM_MEDIA_TYPE,
-    JSON_MEDIA_TYPE,
+from service.http.decoding import FORM_MEDIA_TYPE, JSON_MEDIA_TYPE
+from service.http.idempotency import KEY_PATTERN
+from service.http.limits import MAX_BODY_BYTES
+from service.http.status import Health, Readiness
+from service.ids import ID_REGEX
+from service.model import (
     MAX_TIMESTAMP,
     Conversation,
     ConversationCreate,
@@ -68,7 +70,7 @@ def _schemas() -> dict[str, Any]:
                ConversationUpdate, Health, Readiness]
     _, components = msgspec.json.schema_components(structs, ref_template=_REF)
     create = components["ConversationCreate"]
-    # API.md §2: exactly one of the two; the Struct cannot say it, the schema can.
+    # docs/api.md §3: exactly one of the two; the Struct cannot say it, the schema can.
     create["oneOf"] = [{"required": [name], "properties": {name: {"type": "string"}}}
                        for name in ("contact_id", "group_id")]
     components["ConversationCreateForm"] = _form_schema(create)
@@ -106,7 +108,7 @@ _FORM_NULL = {"type": "string", "enum": [""], "description": "an empty value mea
 
 
 def _form_value(schema: dict[str, Any]) -> dict[str, Any]:
-    """The form-data spelling of one JSON value schema (API.md §2: true/false, digits, empty = null)."""
+    """The form-data spelling of one JSON value schema (docs/api.md §3: true/false, digits, empty = null)."""
     if "anyOf" in schema:
         return {"anyOf": [_form_value(member) for member in schema["anyOf"]]}
     kind = schema.get("type")
@@ -144,7 +146,7 @@ _ERROR_DESCRIPTIONS = {
     409: ("The account already has a conversation with this contact or group, or a request with the same "
           "Idempotency-Key is still running."),
     412: "If-Match names a version the conversation no longer has (nothing was changed).",
-    413: "The body is over 64 KiB.",
+    413: f"The body is over {MAX_BODY_BYTES // 1024} KiB.",
     415: "The body is neither JSON nor form data.",
     500: "An unexpected error on our side (logged; the body has no details).",
     503: "PostgreSQL is unreachable; retry after the Retry-After seconds.",
@@ -171,7 +173,7 @@ def _request_body(name: str, required: bool) -> dict[str, Any]:
 
 _IDEMPOTENCY_KEY_PARAMETER = {
     "name": "Idempotency-Key", "in": "header", "required": False,
-    "schema": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,255}$"},
+    "schema": {"type": "string", "pattern": f"^{KEY_PATTERN.pattern.decode()}$"},
     "description": ("Makes a retry safe: the first response to this key (per account) is stored for 24 hours "
                     "with the change, and a retry of the same request gets it back (with Idempotent-Replayed: "
                     "true) without changing anything again. The same key with another method, path or body "
@@ -190,7 +192,7 @@ _REPLAYED_HEADER = {"Idempotent-Replayed": {"schema": {"type": "string", "const"
 
 _CONVERSATION_ID_PARAMETER = {
     "name": "conversation_id", "in": "path", "required": True,
-    "schema": {"type": "string", "pattern": "^[0-9A-Za-z]{16}$"}, "example": "xgQQXg3hrtjh7AvZ",
+    "schema": {"type": "string", "pattern": f"^{ID_REGEX}$"}, "example": "xgQQXg3hrtjh7AvZ",
     "description": "A conversation id; anything that cannot be one is a 404.",
 }
 

@@ -1,4 +1,4 @@
-"""Bearer-token authentication for /v1 (API.md §5): SHA-256 lookup, cached for at most 5 seconds.
+"""Bearer-token authentication for /v1: SHA-256 lookup, cached for at most 5 seconds.
 
 A token is looked up by the SHA-256 of its bytes (only hashes are stored). A hit is kept in
 this process for `token_cache_seconds` (at most 5, the contract's revocation window), so most
@@ -8,19 +8,15 @@ Never reads request bodies, and never logs or echoes a token.
 
 from __future__ import annotations
 
-import hashlib
 import time
 
-from service import queries
-from service.db import Database
 from service.errors import Unauthenticated
+from service.store import api_tokens
+from service.store.database import Database
+from service.tokens import hash_token
 
 MAX_CACHED_TOKENS = 10_000
 REVOCATION_WINDOW_SECONDS = 5.0
-
-
-def hash_token(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
 
 
 class TokenAuthenticator:
@@ -39,12 +35,12 @@ class TokenAuthenticator:
         token = token.strip()
         if scheme.lower() != b"bearer" or not token:
             raise Unauthenticated("the Authorization header must be 'Bearer <token>'")
-        digest = hashlib.sha256(token).digest()
+        digest = hash_token(token)
         now = time.monotonic()
         cached = self._cache.get(digest)
         if cached is not None and cached[1] > now:
             return cached[0]
-        account_id = await queries.fetch_account_for_token(self._db, digest)
+        account_id = await api_tokens.fetch_account_for_token(self._db, digest)
         if account_id is None:
             self._cache.pop(digest, None)
             raise Unauthenticated("the API token is unknown or has been revoked")
@@ -60,10 +56,3 @@ class TokenAuthenticator:
         if len(self._cache) >= MAX_CACHED_TOKENS:
             self._cache.clear()
 
-
-def raw_header(scope_headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    """The first value of header `name` (lower case) straight from the ASGI scope."""
-    for key, value in scope_headers:
-        if key == name:
-            return value
-    return None

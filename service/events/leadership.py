@@ -1,0 +1,59 @@
+"""The relay's own PostgreSQL session, which carries the stream's publisher lock.
+
+One publisher per stream: every process runs a relay, and only the holder of a session-level
+advisory lock keyed by the stream's name publishes (outbox.try_lock_stream). The lock lives on
+this dedicated connection from RELAY_DATABASE_URL, never a pooled one (a pool's reset and
+release would drop it), so the lock's lifetime is the session's: it is freed when the leader
+process dies (the server sees the socket close) and, through the server-side TCP keepalives
+below, when the leader's host or network dies. The same session LISTENs for the writers'
+NOTIFY and runs the batch queries, so a dead session stops a batch before anything is published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import asyncpg
+
+from service.settings import Settings
+from service.store import outbox
+
+# A silent peer is declared dead after idle + interval * count = 5 + 2 * 3 = 11 s, and
+# unacknowledged data after 10 s: well inside the 30 s takeover promise for a dead host or network.
+KEEPALIVE_SETTINGS = {
+    "tcp_keepalives_idle": "5",
+    "tcp_keepalives_interval": "2",
+    "tcp_keepalives_count": "3",
+    "tcp_user_timeout": "10000",
+}
+CLOSE_SECONDS = 2.0
+
+
+async def open_session(settings: Settings, on_notify: Callable[..., None]) -> asyncpg.Connection:
+    """A new session, listening for the writers' notifications."""
+    connection = await asyncpg.connect(
+        settings.relay_url,
+        timeout=settings.db_connect_timeout,
+        command_timeout=settings.db_statement_timeout,
+        # The relay's only writes are DELETEs of published rows. Should one be lost in a crash,
+        # those rows are published again (duplicates, which consumers skip), so its commits
+        # need not wait for the WAL flush.
+        server_settings={"application_name": "conversations-relay", "synchronous_commit": "off",
+                         **KEEPALIVE_SETTINGS},
+    )
+    await connection.add_listener(outbox.CHANNEL, on_notify)
+    return connection
+
+
+async def close_session(connection: asyncpg.Connection | None, *, graceful: bool) -> None:
+    """End the session, and with it the lock; after a failure, without waiting on the server."""
+    if connection is None or connection.is_closed():
+        return
+    if not graceful:
+        connection.terminate()
+        return
+    try:
+        await asyncio.wait_for(connection.close(), timeout=CLOSE_SECONDS)
+    except Exception:  # a dead socket cannot close cleanly
+        connection.terminate()

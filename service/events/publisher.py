@@ -1,0 +1,94 @@
+"""Putting a batch of outbox rows on the stream, as durably as the Redis server allows.
+
+One pipelined write carries every XADD of a batch (packed by hiredis in C: redis-py's asyncio
+pipeline packs in Python, which cost as much as the rest of the relay together) and, where the
+server has it, a WAITAOF: a batch counts as published only once Redis acknowledged it and, where
+it can say so, persisted it. A batch that Redis did not confirm raises, so its rows stay in the
+outbox and go out again (duplicates with the same id and sequence, which consumers skip).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import asyncpg
+import redis.asyncio as aioredis
+from hiredis import pack_command
+
+from service.events.durability import Durability, detect_durability
+from service.events.stats import RelayStats
+from service.metrics import EVENTS_PUBLISHED
+from service.store import outbox
+
+logger = logging.getLogger("service.events.publisher")
+
+WAITAOF_TIMEOUT_MS = 1000
+
+
+class NotPersisted(RuntimeError):
+    """Redis acknowledged a batch but did not confirm it reached its append-only file in time."""
+
+
+class Publisher:
+    """XADDs batches of outbox rows to one stream; learns the server's durability once per connection."""
+
+    def __init__(self, redis: aioredis.Redis, stream: str, timeout: float, stats: RelayStats) -> None:
+        self._redis = redis
+        self._stream = stream
+        self._timeout = timeout
+        self._stats = stats
+        self._warned = False
+
+    async def publish(self, rows: list[asyncpg.Record]) -> None:
+        """Every row's entry on the stream, persisted as far as the server can say; raises otherwise."""
+        durability = await self.durability()
+        commands = [pack_command(("XADD", self._stream, "*", *outbox.entry_fields(row))) for row in rows]
+        if durability is Durability.WAITAOF:
+            commands.append(pack_command(("WAITAOF", 1, 0, WAITAOF_TIMEOUT_MS)))
+        async with asyncio.timeout(self._timeout + WAITAOF_TIMEOUT_MS / 1000):
+            replies = await self._pipeline(commands)
+        if durability is Durability.WAITAOF and int(replies[-1][0]) < 1:  # type: ignore[index]
+            raise NotPersisted("WAITAOF: the batch was not fsynced to the append-only file in time")
+        self._stats.events_published += len(rows)
+        EVENTS_PUBLISHED.inc(len(rows))
+        self._stats.last_publish_at = time.time()
+        if self._stats.redis_failing_since is not None:
+            logger.info("Redis is back; the relay is publishing again")
+            self._stats.redis_failing_since = None
+
+    async def _pipeline(self, commands: list[bytes]) -> list[object]:
+        """Send pre-packed commands in one write and read every reply, on one pooled connection.
+
+        A connection left with unread replies (an error part-way) is disconnected, never reused.
+        """
+        pool = self._redis.connection_pool
+        connection = await pool.get_connection()
+        try:
+            await connection.send_packed_command(b"".join(commands), check_health=False)
+            return [await connection.read_response() for _ in commands]
+        except BaseException:
+            await connection.disconnect()
+            raise
+        finally:
+            await pool.release(connection)
+
+    async def durability(self) -> Durability:
+        """What the server offers, asked once per connection to Redis (and after each failure)."""
+        if self._stats.durability is None:
+            self._stats.durability = durability = await detect_durability(self._redis)
+            if not durability.is_crash_safe and not self._warned:
+                self._warned = True
+                logger.warning(
+                    "Redis durability is %r: published events are not crash-safe in Redis "
+                    "(turn on appendonly, with Redis 7.2+ or appendfsync always)", durability.value)
+        return self._stats.durability
+
+    def note_failure(self, error: BaseException) -> None:
+        """Redis failed: ask its durability again next time (it may come back configured differently)."""
+        self._stats.durability = None
+        if self._stats.redis_failing_since is None:
+            self._stats.redis_failing_since = time.monotonic()
+            logger.warning("the relay cannot publish to Redis (%s: %s); events wait in the outbox",
+                           type(error).__name__, error)

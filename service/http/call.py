@@ -1,0 +1,109 @@
+"""One call to /v1/conversations: what an operation reads from it and how its work runs.
+
+An operation decodes its query and body through the Call (decoding.py's strict rules, the body
+bounded by MAX_BODY_BYTES while it is read), then hands its database work to `Call.run`, which
+runs it on the pool, or, for a write with an Idempotency-Key, exactly once in a transaction
+that stores its reply (idempotency.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from litestar.types import Receive, Scope
+
+from service.conversations import Conversations
+from service.http import idempotency
+from service.http.decoding import decode_body, decode_query
+from service.http.limits import MAX_BODY_BYTES, body_too_large
+from service.http.reply import Reply
+from service.model import RequestAttributes
+from service.store.database import Database, Executor
+
+CONTENT_TYPE = b"content-type"
+_CONTENT_LENGTH = b"content-length"
+_IDEMPOTENCY_KEY = b"idempotency-key"
+_IF_MATCH = b"if-match"
+
+T = TypeVar("T", bound=RequestAttributes)
+Work = Callable[[Executor], Awaitable[Reply]]
+
+
+def raw_header(scope_headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The first value of header `name` (lower case) straight from the ASGI scope."""
+    for key, value in scope_headers:
+        if key == name:
+            return value
+    return None
+
+
+def parse_if_match(value: bytes | None) -> list[int] | None:
+    """The versions an If-Match header allows (None: any, as without the header or with `*`).
+
+    Only strong validators can match (RFC 9110 §13.1.1): a weak or malformed one matches
+    nothing, so a write conditioned on it fails its precondition.
+    """
+    if value is None or value.strip() == b"*":
+        return None
+    versions = []
+    for candidate in value.split(b","):
+        tag = candidate.strip()
+        if len(tag) >= 3 and tag[:1] == b'"' and tag[-1:] == b'"' and tag[1:-1].isdigit() and len(tag) < 22:
+            versions.append(int(tag[1:-1]))
+    return versions
+
+
+class Call:
+    __slots__ = ("_body", "account_id", "conversation_id", "conversations", "db", "receive", "scope")
+
+    def __init__(self, scope: Scope, receive: Receive, conversations: Conversations, db: Database,
+                 account_id: str, conversation_id: str) -> None:
+        self.scope = scope
+        self.receive = receive
+        self.conversations = conversations
+        self.db = db
+        self.account_id = account_id
+        self.conversation_id = conversation_id
+        self._body = b""
+
+    def query(self, struct_type: type[T]) -> T:
+        return decode_query(self.scope["query_string"], struct_type)
+
+    def header(self, name: bytes) -> bytes | None:
+        return raw_header(self.scope["headers"], name)
+
+    async def body(self, struct_type: type[T]) -> T:
+        content_type = self.header(CONTENT_TYPE)
+        self._body = await self._read_body()
+        return decode_body(self._body, None if content_type is None else content_type.decode("latin-1"),
+                           struct_type)
+
+    async def _read_body(self) -> bytes:
+        declared = self.header(_CONTENT_LENGTH)
+        if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            raise body_too_large()
+        message = await self.receive()
+        body = message.get("body", b"")
+        while message.get("more_body"):  # chunked, or split by the server
+            message = await self.receive()
+            body += message.get("body", b"")
+            if len(body) > MAX_BODY_BYTES:
+                raise body_too_large()
+        if len(body) > MAX_BODY_BYTES:
+            raise body_too_large()
+        return body
+
+    def if_match(self) -> list[int] | None:
+        return parse_if_match(self.header(_IF_MATCH))
+
+    async def run(self, work: Work) -> Reply:
+        """`work` on the pool; with an Idempotency-Key, at most once, its reply stored with the key."""
+        raw_key = self.header(_IDEMPOTENCY_KEY)
+        if raw_key is None or self.scope["method"] == "GET":
+            return await work(self.db)
+        key = idempotency.checked_key(raw_key)
+        path = self.scope.get("raw_path") or self.scope["path"].encode()
+        request_fingerprint = idempotency.fingerprint(self.scope["method"], path.decode("latin-1"),
+                                                      self.header(CONTENT_TYPE), self._body)
+        return await idempotency.run_once(self.db, self.account_id, key, request_fingerprint, work)

@@ -1,0 +1,131 @@
+"""The transactional outbox, `conversation_outbox`: its columns, and every statement that touches it.
+
+A write inserts its event here in the same statement as the change (`insert_event`, a CTE
+fragment the write statements embed), after the change has locked the conversation's row, so a
+conversation's rows are in commit order. A row carries the event's envelope, the conversation
+column by column as `data` shows it, and for an update the previous values of the updatable
+fields. The relay reads a stream's rows in position order (`fetch_batch`), turns each into a
+stream entry (`entry_fields`: `data` encoded by the HTTP response's own encoder, so the bytes
+are equal), and deletes each published row by its own position (`delete_published`): positions
+are not assigned in commit order, so no high-water mark is ever kept.
+
+Writers NOTIFY the relay on commit unless the relay said it is polling (`outbox_wakeups`,
+`set_writers_notify`): NOTIFY takes a database-wide lock at commit, which under load cost a
+quarter of the write throughput.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+
+from service.model import (
+    CONVERSATION_FIELDS,
+    EVENT_SCHEMA_VERSION,
+    STREAM_FIELDS,
+    UPDATABLE_FIELDS,
+    Conversation,
+    PreviousAttributes,
+    encode_json,
+)
+
+CHANNEL = "conversation_outbox"
+
+# The entry's envelope (its fields before `data`), column by column; the event id's column is
+# `event_id`. Then the conversation as `data` shows it (its id is `conversation_id`), then the
+# previous values of the updatable fields (updates only; NULL otherwise).
+ENVELOPE_FIELDS = STREAM_FIELDS[:STREAM_FIELDS.index("data")]
+ENVELOPE_COLUMNS = tuple("event_id" if name == "id" else name for name in ENVELOPE_FIELDS)
+DATA_COLUMNS = CONVERSATION_FIELDS[1:]
+PREVIOUS_COLUMNS = tuple(f"previous_{name}" for name in UPDATABLE_FIELDS)
+COLUMNS = (*ENVELOPE_COLUMNS, *DATA_COLUMNS, *PREVIOUS_COLUMNS)
+
+# Where each part sits in a row of SELECT_BATCH, which reads `position` first, then COLUMNS.
+_ENVELOPE = slice(1, 1 + len(ENVELOPE_COLUMNS))
+_DATA = slice(_ENVELOPE.stop, _ENVELOPE.stop + len(DATA_COLUMNS))
+_PREVIOUS = slice(_DATA.stop, _DATA.stop + len(PREVIOUS_COLUMNS))
+_TYPE = 1 + ENVELOPE_COLUMNS.index("type")
+_CONVERSATION_ID = 1 + ENVELOPE_COLUMNS.index("conversation_id")
+
+# --------------------------------------------------------------------------------- writing
+
+
+def _notify_unless_polled(stream: str) -> str:
+    return (f"CASE WHEN (SELECT w.notify FROM outbox_wakeups w WHERE w.stream = {stream}) IS NOT FALSE "
+            f"THEN pg_notify('{CHANNEL}', '') END")
+
+
+def insert_event(event_type: str, *, stream: str, account_id: str, event_id: str, occurred_at: str,
+                 sequence: str, source: str, row: str, previous: str | None = None) -> str:
+    """A data-modifying CTE body: one `event_type` event per row of `source`, and the relay's NOTIFY.
+
+    The arguments are SQL expressions of the embedding statement: `row` is the alias (within
+    `source`) of the conversation as the write left it, `previous` that of the conversation
+    before an update. The RETURNING clause notifies only if a row was inserted.
+    """
+    values = [stream, event_id, f"'{event_type}'", account_id, f"{row}.id", occurred_at, sequence,
+              str(EVENT_SCHEMA_VERSION)]
+    values += [f"{row}.{name}" for name in DATA_COLUMNS]
+    values += [f"{previous}.{name}" if previous else "NULL" for name in UPDATABLE_FIELDS]
+    return (f"INSERT INTO conversation_outbox (stream, {', '.join(COLUMNS)})\n"
+            f"    SELECT {', '.join(values)}\n"
+            f"    FROM {source}\n"
+            f"    RETURNING {_notify_unless_polled(stream)}")
+
+
+# --------------------------------------------------------------------------------- relaying
+
+SELECT_BATCH = (f"SELECT position, {', '.join(COLUMNS)} FROM conversation_outbox "
+                "WHERE stream = $1 ORDER BY position LIMIT $2")
+DELETE_PUBLISHED = "DELETE FROM conversation_outbox WHERE stream = $1 AND position = ANY($2::bigint[])"
+SELECT_BACKLOG = "SELECT count(*), min(occurred_at) FROM conversation_outbox WHERE stream = $1"
+SET_WRITERS_NOTIFY = ("INSERT INTO outbox_wakeups (stream, notify) VALUES ($1, $2) "
+                      "ON CONFLICT (stream) DO UPDATE SET notify = EXCLUDED.notify")
+# One publisher per stream: a session-level advisory lock keyed by the stream's name.
+TRY_LOCK_STREAM = "SELECT pg_try_advisory_lock(hashtextextended('conversations-relay:' || $1, 0))"
+
+
+async def fetch_batch(connection: asyncpg.Connection, stream: str, limit: int) -> list[asyncpg.Record]:
+    """Up to `limit` of the stream's rows, in position order."""
+    return await connection.fetch(SELECT_BATCH, stream, limit)
+
+
+def position_of(row: asyncpg.Record) -> int:
+    return row[0]
+
+
+def entry_fields(row: asyncpg.Record) -> list[str | bytes]:
+    """A row of `fetch_batch` as its stream entry: field, value, ... in STREAM_FIELDS order.
+
+    `data` is the conversation encoded by the HTTP response's own encoder; `previous_attributes`
+    (updates only) holds the old value of each updatable field that differs, in field order.
+    """
+    fields: list[str | bytes] = []
+    for name, value in zip(ENVELOPE_FIELDS, row[_ENVELOPE], strict=True):
+        fields += (name, value if isinstance(value, str) else str(value))
+    conversation = Conversation(row[_CONVERSATION_ID], *row[_DATA])
+    fields += ("data", encode_json(conversation))
+    if row[_TYPE] == "conversation.updated":
+        changed = {name: old for name, old in zip(UPDATABLE_FIELDS, row[_PREVIOUS], strict=True)
+                   if old != getattr(conversation, name)}
+        fields += ("previous_attributes", encode_json(PreviousAttributes(**changed)))
+    return fields
+
+
+async def delete_published(connection: asyncpg.Connection, stream: str, positions: list[int]) -> None:
+    await connection.execute(DELETE_PUBLISHED, stream, positions)
+
+
+async def fetch_backlog(connection: asyncpg.Connection, stream: str) -> tuple[int, int | None]:
+    """(rows waiting to be published, occurred_at of the oldest) for `stream`."""
+    row = await connection.fetchrow(SELECT_BACKLOG, stream)
+    return int(row[0]), row[1]
+
+
+async def set_writers_notify(connection: asyncpg.Connection, stream: str, notify: bool) -> None:
+    """Tell writers of `stream` whether to NOTIFY on commit (false while the relay polls)."""
+    await connection.execute(SET_WRITERS_NOTIFY, stream, notify)
+
+
+async def try_lock_stream(connection: asyncpg.Connection, stream: str) -> bool:
+    """Take the stream's publisher lock for this session, if no other session holds it."""
+    return bool(await connection.fetchval(TRY_LOCK_STREAM, stream))
