@@ -1,10 +1,11 @@
-"""Shared helpers of the HTTP contract tests (test_create.py, test_update.py, test_errors.py, ...)."""
+"""Shared helpers of the HTTP contract tests (tests/http/: create, update, errors, hostile input, ...)."""
 
 from __future__ import annotations
 
 import json
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlencode
 
@@ -92,12 +93,12 @@ async def listed_ids(api: httpx.AsyncClient, params: dict[str, Any] | None = Non
     return [c["id"] for c in response.json()["data"]]
 
 
-def assert_error(response: httpx.Response, status: int, param: Any = ANY, *,
-                 error_type: str = "invalid_request") -> dict[str, Any]:
+def assert_error_body(status: int, headers: Mapping[str, str], content: bytes, expected_status: int,
+                      param: Any = ANY, *, error_type: str = "invalid_request") -> dict[str, Any]:
     """An error in the contract's shape (docs/api.md §5): JSON with exactly type, message, param."""
-    assert response.status_code == status, (response.status_code, response.text)
-    assert response.headers["content-type"].startswith("application/json"), response.headers
-    body = response.json()
+    assert status == expected_status, (status, content[:300])
+    assert headers.get("content-type", "").startswith("application/json"), (headers, content[:300])
+    body = json.loads(content)
     assert list(body) == (CONFLICT_KEYS if status == 409 else ERROR_KEYS), body
     assert body["type"] == error_type, body
     assert isinstance(body["message"], str), body
@@ -105,8 +106,15 @@ def assert_error(response: httpx.Response, status: int, param: Any = ANY, *,
     assert body["param"] is None or isinstance(body["param"], str), body
     if param is not ANY:
         assert body["param"] == param, body
-    assert "Traceback" not in response.text, response.text
+    assert b"Traceback" not in content, content
     return body
+
+
+def assert_error(response: httpx.Response, status: int, param: Any = ANY, *,
+                 error_type: str = "invalid_request") -> dict[str, Any]:
+    """`response` is an error in the contract's shape, with this status (and param, if given)."""
+    return assert_error_body(response.status_code, response.headers, response.content, status, param,
+                             error_type=error_type)
 
 
 async def stored_row(db: asyncpg.Connection, account_id: str, conversation_id: str) -> dict[str, Any] | None:

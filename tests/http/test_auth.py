@@ -16,7 +16,7 @@ from tests.asgi import client_for
 from tests.conftest import wait_for
 from tests.http_helpers import CONVERSATIONS, assert_error, create_conversation, item, unique
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CLI_TIMEOUT = 60
 
 

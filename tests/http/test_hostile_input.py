@@ -32,7 +32,7 @@ import redis.asyncio as aioredis
 
 from service.settings import Settings
 from tests.conftest import Account, Backends, new_account
-from tests.http_helpers import ANY, CONFLICT_KEYS, CONVERSATIONS, ERROR_KEYS, create_conversation, item, unique
+from tests.http_helpers import ANY, CONVERSATIONS, assert_error_body, create_conversation, item, unique
 from tests.servers import ServiceProcess
 
 JSON = "application/json"
@@ -52,16 +52,7 @@ LEAK_MARKERS = (*SOFTWARE_NAMES, "traceback", "exception", 'file "', ".py", "sit
 def assert_clean_error(status: int, headers: Mapping[str, str], content: bytes, expected_status: int,
                        param: Any = ANY, *, sent: bytes = b"") -> dict[str, Any]:
     """The contract's error body (docs/api.md §5), short, with nothing in it the client did not send."""
-    assert status == expected_status, (status, content[:300])
-    assert headers.get("content-type", "").startswith(JSON), (headers, content[:300])
-    body = json.loads(content)
-    assert list(body) == (CONFLICT_KEYS if status == 409 else ERROR_KEYS), body
-    assert body["type"] == "invalid_request", body
-    assert isinstance(body["message"], str), body
-    assert body["message"].strip(), body
-    assert body["param"] is None or isinstance(body["param"], str), body
-    if param is not ANY:
-        assert body["param"] == param, body
+    body = assert_error_body(status, headers, content, expected_status, param)
     assert len(content) <= MAX_ERROR_BODY, f"the error echoes {len(content)} bytes"
     text, request = content.decode().lower(), sent.lower()
     leaked = [marker for marker in LEAK_MARKERS if marker in text and marker.encode() not in request]

@@ -8,7 +8,7 @@ import yaml
 
 from service.model import EVENT_TYPES, STREAM_FIELDS, Conversation, ConversationEvent, PreviousAttributes
 
-DOCUMENT = Path(__file__).resolve().parent.parent / "docs" / "asyncapi.yaml"
+DOCUMENT = Path(__file__).resolve().parents[2] / "docs" / "asyncapi.yaml"
 
 
 def load() -> dict:

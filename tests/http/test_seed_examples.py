@@ -19,7 +19,7 @@ from service.settings import Settings
 from tests.conftest import Account
 from tests.servers import ServiceProcess
 
-SEED = Path(__file__).parent / "data" / "conversations-api-seed.txt"
+SEED = Path(__file__).resolve().parents[1] / "data" / "conversations-api-seed.txt"
 SEED_HOST = "https://api.protocol.chat"
 SEED_ID = "xgQQXg3hrtjh7AvZ"
 
