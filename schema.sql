@@ -58,6 +58,10 @@ CREATE UNIQUE INDEX IF NOT EXISTS conversations_account_contact_key
     ON conversations (account_id, contact_id) WHERE contact_id IS NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS conversations_account_group_key
     ON conversations (account_id, group_id) WHERE group_id IS NOT NULL;
+-- The list in activity order (docs/api.md §4): pinned first, then by last activity (never
+-- active: -1, below every active one), then by id; every page is a keyset scan of it.
+CREATE INDEX IF NOT EXISTS conversations_activity_idx
+    ON conversations (account_id, is_pinned, (COALESCE(last_active_at, -1)), id);
 
 -- The transactional outbox (docs/api.md, "Events"): each write inserts its event here in the
 -- same statement as the change; the relay (service/events/relay.py) publishes rows in `position`

@@ -18,10 +18,18 @@ from service.errors import (
     InvalidRequest,
     PreconditionFailed,
 )
-from service.model import ConversationCreate, ConversationPage, ConversationUpdate, ListParams
+from service.ids import ID_PATTERN
+from service.model import (
+    ActivityPage,
+    Conversation,
+    ConversationCreate,
+    ConversationPage,
+    ConversationUpdate,
+    ListParams,
+)
 from service.store import queries
 from service.store.database import Executor
-from service.store.queries import Versioned
+from service.store.queries import ActivityPosition, Versioned
 
 # A create whose contact was taken, but whose holder is gone by the time we look it up (deleted
 # in between), is simply tried again; this many times before giving up.
@@ -88,16 +96,47 @@ class Conversations:
             found = await queries.fetch_conversation(db, account_id, conversation_id)
             raise PreconditionFailed(found[1]) if found is not None else ConversationNotFound(conversation_id)
 
-    async def list(self, db: Executor, account_id: str, params: ListParams) -> ConversationPage:
+    async def list(self, db: Executor, account_id: str, params: ListParams) -> ConversationPage | ActivityPage:
+        """A page in creation order (cursors are ids) or activity order (cursors are the pages' own)."""
         if params.starting_after is not UNSET and params.ending_before is not UNSET:
             raise InvalidRequest("give starting_after or ending_before, not both", param="ending_before")
+        direction: str | None = None
         cursor: str | None = None
-        cursor_id: str | None = None
         if params.starting_after is not UNSET:
-            cursor, cursor_id = "starting_after", params.starting_after
+            direction, cursor = "starting_after", params.starting_after
         elif params.ending_before is not UNSET:
-            cursor, cursor_id = "ending_before", params.ending_before
+            direction, cursor = "ending_before", params.ending_before
         filters = {name: getattr(params, name) for name in queries.LIST_FILTERS
                    if getattr(params, name) is not UNSET}
-        data, has_more = await queries.fetch_page(db, account_id, params.limit, cursor, cursor_id, filters)
+        if params.order == "activity":
+            position = None if cursor is None else parse_activity_cursor(cursor, direction)  # type: ignore[arg-type]
+            data, has_more = await queries.fetch_activity_page(db, account_id, params.limit, direction, position,
+                                                               filters)
+            return ActivityPage(has_more=has_more, data=data,
+                                next_cursor=activity_cursor(data[-1]) if data else None,
+                                previous_cursor=activity_cursor(data[0]) if data else None)
+        if cursor is not None and ID_PATTERN.fullmatch(cursor) is None:
+            raise InvalidRequest(f"{direction} must be a conversation id in creation order; the cursors that "
+                                 "order=activity pages return only page that order", param=direction)
+        data, has_more = await queries.fetch_page(db, account_id, params.limit, direction, cursor, filters)
         return ConversationPage(has_more=has_more, data=data)
+
+
+# Activity order: pinned first, then by last_active_at, newest first (never-active ones after
+# every active one), then by id, newest first. A page's cursor carries its end's position in
+# that order, since a conversation's position changes when it is pinned or becomes active.
+_NEVER_ACTIVE = "n"
+
+
+def activity_cursor(conversation: Conversation) -> str:
+    active = _NEVER_ACTIVE if conversation.last_active_at is None else str(conversation.last_active_at)
+    return f"act_{int(conversation.is_pinned)}_{active}_{conversation.id}"
+
+
+def parse_activity_cursor(cursor: str, param: str) -> ActivityPosition:
+    """The position an activity cursor names; its shape was checked by the ListParams type."""
+    if not cursor.startswith("act_"):
+        raise InvalidRequest(f"with order=activity, {param} must be a next_cursor or previous_cursor that a page "
+                             "returned, not a conversation id", param=param)
+    _, pinned, active, conversation_id = cursor.split("_")
+    return ActivityPosition(pinned == "1", None if active == _NEVER_ACTIVE else int(active), conversation_id)

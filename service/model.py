@@ -9,7 +9,7 @@ document and the stream's AsyncAPI description all read them from here. No I/O h
 
 from __future__ import annotations
 
-from typing import Annotated, get_type_hints
+from typing import Annotated, Literal, get_type_hints
 
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
@@ -22,9 +22,15 @@ MAX_TIMESTAMP = 253402300799  # 9999-12-31T23:59:59Z
 # `(?![\s\S])` anchors the true end and reads the same in Python and in JSON Schema's ECMA regex.
 FOREIGN_ID_REGEX = "[A-Za-z0-9_-]{1,64}"
 ForeignId = Annotated[str, Meta(pattern=rf"^{FOREIGN_ID_REGEX}(?![\s\S])", examples=["WAz8eIbvDR60rouK"])]
-ConversationId = Annotated[str, Meta(pattern=rf"^{ID_REGEX}(?![\s\S])", examples=["xgQQXg3hrtjh7AvZ"])]
 Timestamp = Annotated[int, Meta(ge=0, le=MAX_TIMESTAMP, examples=[705103200])]
 Limit = Annotated[int, Meta(ge=1, le=100)]
+# A position in the list: a conversation id in creation order; in activity order, the cursor a
+# page returned (`act_<pinned 0|1>_<last_active_at or n>_<id>`), since an id alone no longer
+# names a position once conversations move.
+ACTIVITY_CURSOR_REGEX = rf"act_[01]_(?:[0-9]{{1,12}}|n)_{ID_REGEX}"
+PageCursor = Annotated[str, Meta(pattern=rf"^(?:{ID_REGEX}|{ACTIVITY_CURSOR_REGEX})(?![\s\S])",
+                                 examples=["xgQQXg3hrtjh7AvZ"])]
+ListOrder = Literal["created", "activity"]
 
 # ------------------------------------------------------------------------------- the resource
 
@@ -48,10 +54,19 @@ CONVERSATION_FIELDS = Conversation.__struct_fields__
 
 
 class ConversationPage(msgspec.Struct):
-    """One page of a list."""
+    """One page of a list in creation order."""
 
     has_more: bool
     data: list[Conversation]
+
+
+class ActivityPage(msgspec.Struct):
+    """One page of a list in activity order, with the cursors of its two ends (null when empty)."""
+
+    has_more: bool
+    data: list[Conversation]
+    next_cursor: str | None
+    previous_cursor: str | None
 
 
 # -------------------------------------------------------------------------------- requests
@@ -101,8 +116,9 @@ class ListParams(RequestAttributes):
     archived: bool | UnsetType = UNSET
     contact_id: ForeignId | UnsetType = UNSET
     group_id: ForeignId | UnsetType = UNSET
-    starting_after: ConversationId | UnsetType = UNSET
-    ending_before: ConversationId | UnsetType = UNSET
+    starting_after: PageCursor | UnsetType = UNSET
+    ending_before: PageCursor | UnsetType = UNSET
+    order: ListOrder = "created"
 
 
 # The fields an update can change, in the conversation's own order (which previous_attributes keeps).

@@ -24,6 +24,8 @@ MAX_QUERY_ATTRIBUTES = 32
 # What each attribute must be, as the end of a sentence "<attribute> must be ...".
 _FOREIGN_ID_RULE = "a string of 1 to 64 characters from A-Z, a-z, 0-9, '_' and '-'"
 _TIMESTAMP_RULE = f"an integer Unix timestamp from 0 to {MAX_TIMESTAMP}"
+_CURSOR_RULE = ("a conversation id (16 characters from A-Z, a-z and 0-9), or with order=activity a "
+                "next_cursor or previous_cursor that a page returned")
 ATTRIBUTE_RULES: dict[str, str] = {
     "contact_id": _FOREIGN_ID_RULE,
     "group_id": _FOREIGN_ID_RULE,
@@ -37,8 +39,9 @@ ATTRIBUTE_RULES: dict[str, str] = {
     "muted": "true or false",
     "pinned": "true or false",
     "archived": "true or false",
-    "starting_after": "a conversation id (16 characters from A-Z, a-z and 0-9)",
-    "ending_before": "a conversation id (16 characters from A-Z, a-z and 0-9)",
+    "starting_after": _CURSOR_RULE,
+    "ending_before": _CURSOR_RULE,
+    "order": "created or activity",
 }
 
 T = TypeVar("T", bound=RequestAttributes)

@@ -24,6 +24,7 @@ from service.http.status import Health, Readiness
 from service.ids import ID_REGEX
 from service.model import (
     MAX_TIMESTAMP,
+    ActivityPage,
     Conversation,
     ConversationCreate,
     ConversationPage,
@@ -66,7 +67,7 @@ see docs/asyncapi.yaml.
 
 
 def _schemas() -> dict[str, Any]:
-    structs = [Conversation, ConversationPage, ErrorBody, ConflictErrorBody, ConversationCreate,
+    structs = [Conversation, ConversationPage, ActivityPage, ErrorBody, ConflictErrorBody, ConversationCreate,
                ConversationUpdate, Health, Readiness]
     _, components = msgspec.json.schema_components(structs, ref_template=_REF)
     create = components["ConversationCreate"]
@@ -77,6 +78,9 @@ def _schemas() -> dict[str, Any]:
     components["ConversationUpdateForm"] = _form_schema(components["ConversationUpdate"])
     components["Conversation"]["examples"] = [SEED_CONVERSATION]
     components["ConversationPage"]["examples"] = [{"has_more": False, "data": [SEED_CONVERSATION]}]
+    components["ActivityPage"]["examples"] = [{
+        "has_more": False, "data": [SEED_CONVERSATION], "next_cursor": "act_0_705103200_xgQQXg3hrtjh7AvZ",
+        "previous_cursor": "act_0_705103200_xgQQXg3hrtjh7AvZ"}]
     components["ErrorBody"]["examples"] = [
         {"type": "invalid_request", "message": "limit must be an integer between 1 and 100", "param": "limit"}]
     return components
@@ -205,8 +209,14 @@ def _list_parameters(list_schema: dict[str, Any]) -> list[dict[str, Any]]:
         "archived": "true: only archived conversations; false: only not archived ones.",
         "contact_id": "Only the conversation with this contact.",
         "group_id": "Only the conversation with this group.",
-        "starting_after": "A conversation id: the page of conversations that come after it (older).",
-        "ending_before": "A conversation id: the page of conversations that come before it (newer).",
+        "starting_after": ("A position: the page of conversations that come after it. In creation order, a "
+                           "conversation id (the page holds older ones); in activity order, a page's next_cursor."),
+        "ending_before": ("A position: the page of conversations that come before it. In creation order, a "
+                          "conversation id (the page holds newer ones); in activity order, a page's "
+                          "previous_cursor."),
+        "order": ("`created` (the default): newest first, by id. `activity`: pinned first, then by "
+                  "last_active_at, most recent first (never active after every active one, newest first), "
+                  "ties by id; its pages carry next_cursor and previous_cursor."),
     }
     parameters = []
     for name, schema in list_schema["properties"].items():
@@ -226,10 +236,12 @@ def build_document() -> dict[str, Any]:
     item_errors = _errors(400, 404)
     paths: dict[str, Any] = {
         "/v1/conversations": {
-            "get": {"operationId": "listConversations", "summary": "List conversations, newest first",
+            "get": {"operationId": "listConversations", "summary": "List conversations, newest or most active first",
                     "tags": tags, "security": bearer, "parameters": _list_parameters(list_components["ListParams"]),
-                    "responses": {"200": {"description": "A page of conversations.",
-                                          "content": _json("ConversationPage")}, **_errors(400)}},
+                    "responses": {"200": {"description": "A page of conversations (ActivityPage with order=activity).",
+                                          "content": {JSON_MEDIA_TYPE: {"schema": {"anyOf": [
+                                              _ref("ConversationPage"), _ref("ActivityPage")]}}}},
+                                  **_errors(400)}},
             "post": {"operationId": "createConversation", "summary": "Create a conversation with a contact or group",
                      "tags": tags, "security": bearer, "parameters": [_IDEMPOTENCY_KEY_PARAMETER],
                      "requestBody": _request_body("ConversationCreate", True),

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from functools import cache
 from types import NoneType
-from typing import get_args, get_type_hints
+from typing import NamedTuple, get_args, get_type_hints
 
 import asyncpg
 from msgspec import UNSET
@@ -94,7 +94,7 @@ def list_statement(cursor: str | None, filters: tuple[str, ...]) -> str:
 
 async def fetch_page(db: Executor, account_id: str, size: int, cursor: str | None, cursor_id: str | None,
                      filters: dict[str, object]) -> tuple[list[Conversation], bool]:
-    """Up to `size` conversations in list order, and whether more exist beyond them."""
+    """Up to `size` conversations in creation order, and whether more exist beyond them."""
     query = list_statement(cursor, tuple(filters))
     if cursor is None:
         rows = await db.fetch(query, account_id, size + 1, *filters.values())
@@ -103,6 +103,53 @@ async def fetch_page(db: Executor, account_id: str, size: int, cursor: str | Non
     has_more = len(rows) > size
     page = [Conversation(*row) for row in rows[:size]]
     if cursor == "ending_before":
+        page.reverse()
+    return page, has_more
+
+
+class ActivityPosition(NamedTuple):
+    """A place in activity order: the sort key of conversations_activity_idx."""
+
+    is_pinned: bool
+    last_active_at: int | None
+    id: str
+
+
+# conversations_activity_idx's key; never-active conversations (NULL) sort below every active one.
+_ACTIVITY_KEY = "(is_pinned, COALESCE(last_active_at, -1), id)"
+
+
+@cache
+def activity_statement(direction: str | None, filters: tuple[str, ...]) -> str:
+    """One page in activity order as a keyset scan of conversations_activity_idx, highest key first.
+
+    As list_statement, with the cursor a position (three parameters, $3 to $5) instead of an id:
+    a conversation that moved since the cursor was made is simply found at its new position.
+    """
+    conditions = ["account_id = $1"]
+    if direction is not None:
+        conditions.append(f"{_ACTIVITY_KEY} {'<' if direction == 'starting_after' else '>'} ($3, $4, $5)")
+    first_filter = 3 if direction is None else 6
+    for offset, name in enumerate(filters):
+        conditions.append(LIST_FILTERS[name].format(n=first_filter + offset))
+    order = "ASC" if direction == "ending_before" else "DESC"
+    return (f"SELECT {_COLUMNS} FROM conversations WHERE {' AND '.join(conditions)} "
+            f"ORDER BY is_pinned {order}, COALESCE(last_active_at, -1) {order}, id {order} LIMIT $2")
+
+
+async def fetch_activity_page(db: Executor, account_id: str, size: int, direction: str | None,
+                              position: ActivityPosition | None, filters: dict[str, object]
+                              ) -> tuple[list[Conversation], bool]:
+    """Up to `size` conversations in activity order from `position`, and whether more exist beyond them."""
+    query = activity_statement(direction, tuple(filters))
+    cursor: tuple[object, ...] = ()
+    if position is not None:
+        active = -1 if position.last_active_at is None else position.last_active_at
+        cursor = (position.is_pinned, active, position.id)
+    rows = await db.fetch(query, account_id, size + 1, *cursor, *filters.values())
+    has_more = len(rows) > size
+    page = [Conversation(*row) for row in rows[:size]]
+    if direction == "ending_before":
         page.reverse()
     return page, has_more
 
