@@ -115,6 +115,44 @@ BEGIN
 END
 $$;
 
+-- The event log behind GET /v1/events (service/store/event_log.py): the relay moves each
+-- published outbox row here, stamped with a batch number that relays draw one move at a time,
+-- which with `position` orders the feed. Partitioned by day of occurred_at: the service creates the
+-- coming days' partitions and drops those past the feed's window (EVENTS_FEED_DAYS), so expiry
+-- deletes no rows one by one. The default partition only catches a day that has none yet.
+CREATE SEQUENCE IF NOT EXISTS event_log_batch_seq;
+CREATE TABLE IF NOT EXISTS event_log (
+    batch                bigint NOT NULL,
+    stream               text COLLATE "C" NOT NULL,
+    position             bigint NOT NULL,
+    event_id             text COLLATE "C" NOT NULL,
+    type                 text NOT NULL,
+    account_id           text COLLATE "C" NOT NULL,
+    conversation_id      text NOT NULL,
+    occurred_at          bigint NOT NULL,
+    sequence             bigint NOT NULL,
+    schema_version       integer NOT NULL,
+    contact_id           text,
+    group_id             text,
+    pinned_message_id    text,
+    is_pinned            boolean,
+    is_muted             boolean,
+    last_active_at       bigint,
+    last_opened_at       bigint,
+    created_at           bigint,
+    archived_at          bigint,
+    previous_pinned_message_id  text,
+    previous_is_pinned          boolean,
+    previous_is_muted           boolean,
+    previous_last_active_at     bigint,
+    previous_last_opened_at     bigint,
+    previous_archived_at        bigint
+) PARTITION BY RANGE (occurred_at);
+CREATE TABLE IF NOT EXISTS event_log_default PARTITION OF event_log DEFAULT;
+-- The feed's order within an account, and an event by its id.
+CREATE INDEX IF NOT EXISTS event_log_feed_idx ON event_log (account_id, batch, position);
+CREATE INDEX IF NOT EXISTS event_log_event_idx ON event_log (account_id, event_id);
+
 -- A queue table: rows live for milliseconds, so let autovacuum clean it up early and often.
 ALTER TABLE conversation_outbox SET (
     autovacuum_vacuum_scale_factor = 0.0,

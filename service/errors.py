@@ -4,11 +4,13 @@
     ├── InvalidRequest            400  a bad attribute, body or query
     ├── Unauthenticated           401  missing, unknown or revoked token (WWW-Authenticate: Bearer)
     ├── ConversationNotFound      404  no such conversation in the caller's account
+    ├── EventNotFound             404  no such event in the caller's feed
     ├── RouteNotFound             404  no such path
     ├── MethodNotAllowed          405  the path exists, the method does not (Allow: ...)
     ├── DuplicateConversation     409  the account already has one with this contact or group
     ├── ConcurrentChange          409  the conversation changed under the request (created and deleted meanwhile)
     ├── IdempotencyKeyInUse       409  a request with the same Idempotency-Key is still running
+    ├── CursorExpired             410  a feed cursor older than the feed's window: resync
     ├── PreconditionFailed        412  If-Match names a version the conversation no longer has
     ├── PayloadTooLarge           413  body over the limit (64 KiB)
     ├── UnsupportedMediaType      415  a body that is neither JSON nor form data
@@ -84,6 +86,21 @@ class ConversationNotFound(ApiError):
 
     def __init__(self, conversation_id: str) -> None:
         super().__init__(f"there is no conversation {conversation_id[:100]!r} in this account", param="id")
+
+
+class EventNotFound(ApiError):
+    status_code = 404
+
+    def __init__(self, event_id: str) -> None:
+        super().__init__(f"there is no event {event_id[:100]!r} in this account's feed", param="id")
+
+
+class CursorExpired(ApiError):
+    status_code = 410
+
+    def __init__(self, param: str, window_days: int) -> None:
+        super().__init__(f"{param} names an event older than the feed's {window_days}-day window; resync: list the "
+                         "conversations again, then read the feed from its newest event", param=param)
 
 
 class RouteNotFound(ApiError):

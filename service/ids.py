@@ -101,6 +101,9 @@ def new_id(now: float | None = None) -> str:
     return _time_part(int((time.time() if now is None else now) * 1000)) + random_part()
 
 
+EVENT_ID_PREFIX = "evt_"
+
+
 def new_event_id() -> str:
     """`evt_` and a 16-character id from this process's clock (docs/api.md §6)."""
-    return "evt_" + new_id()
+    return EVENT_ID_PREFIX + new_id()

@@ -14,7 +14,7 @@ from typing import Annotated, Literal, get_type_hints
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
-from service.ids import ID_REGEX
+from service.ids import EVENT_ID_PREFIX, ID_REGEX
 
 MAX_TIMESTAMP = 253402300799  # 9999-12-31T23:59:59Z
 
@@ -127,6 +127,10 @@ UPDATABLE_FIELDS = tuple(name for name in CONVERSATION_FIELDS if name in Convers
 # --------------------------------------------------------------------------------- events
 
 EVENT_TYPES = ("conversation.created", "conversation.updated", "conversation.deleted")
+EventType = Literal["conversation.created", "conversation.updated", "conversation.deleted"]
+EventId = Annotated[str, Meta(pattern=rf"^{EVENT_ID_PREFIX}{ID_REGEX}(?![\s\S])",
+                              examples=["evt_0Vc0T5O7JeVw0mvP"])]
+ConversationIdFilter = Annotated[str, Meta(pattern=rf"^{ID_REGEX}(?![\s\S])", examples=["xgQQXg3hrtjh7AvZ"])]
 # The order in which an entry's fields are written to the stream.
 STREAM_FIELDS = ("id", "type", "account_id", "conversation_id", "occurred_at", "sequence", "schema_version",
                  "data", "previous_attributes")
@@ -154,6 +158,23 @@ class ConversationEvent(msgspec.Struct, omit_defaults=True):
     schema_version: int
     data: Conversation
     previous_attributes: PreviousAttributes | UnsetType = UNSET  # type: ignore[valid-type]
+
+
+class EventListParams(RequestAttributes):
+    """GET /v1/events query attributes: the feed, newest first, with event ids as cursors."""
+
+    limit: Limit = 10
+    type: EventType | UnsetType = UNSET
+    conversation_id: ConversationIdFilter | UnsetType = UNSET
+    starting_after: EventId | UnsetType = UNSET
+    ending_before: EventId | UnsetType = UNSET
+
+
+class EventPage(msgspec.Struct):
+    """One page of the events feed."""
+
+    has_more: bool
+    data: list[ConversationEvent]
 
 
 encode_json = msgspec.json.Encoder().encode

@@ -50,6 +50,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     redis_timeout: float = 2.0
     shutdown_timeout: float = 20.0
     token_cache_seconds: float = 5.0
+    # How long GET /v1/events keeps published events (whole days: the log drops a day at a time).
+    events_feed_days: int = 30
 
     @property
     def relay_url(self) -> str:
@@ -138,6 +140,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "DB_STATEMENT_TIMEOUT": ("db_statement_timeout", _positive_float),
     "REDIS_TIMEOUT": ("redis_timeout", _positive_float),
     "SHUTDOWN_TIMEOUT": ("shutdown_timeout", _positive_float),
+    "EVENTS_FEED_DAYS": ("events_feed_days", _positive_int),
 }
 
 ENVIRONMENT_VARIABLES = tuple(_VARIABLES)

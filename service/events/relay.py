@@ -4,12 +4,12 @@ Invariants (docs/api.md, "Events"):
 
 * One publisher per stream: the holder of the stream's lock (leadership.py); the others try
   the lock every FOLLOWER_POLL_SECONDS.
-* A row is deleted only after Redis acknowledged its XADD and, where the server can say so,
-  persisted it (publisher.py); each published row is deleted by its own position, never up to
-  a high-water mark (positions are not assigned in commit order).
+* A row leaves the outbox only after Redis acknowledged its XADD and, where the server can say
+  so, persisted it (publisher.py); each published row is moved into the feed's event log by its
+  own position, never up to a high-water mark (positions are not assigned in commit order).
 * Per-conversation order: a conversation's outbox rows are inserted after its row lock, so
   their positions follow commit order, and a batch is published in position order. A crash
-  between XADD and DELETE publishes the batch again: duplicates with the same id and sequence.
+  between XADD and the move publishes the batch again: duplicates with the same id and sequence.
 * Redis down: writes keep landing in the outbox; the relay backs off (bounded, exponential,
   logged once per outage) and drains the backlog when Redis returns. PostgreSQL down: the same.
 * Stop: after the server stopped taking requests, the leader (or a process that can take the
@@ -36,7 +36,7 @@ from service.events.publisher import NotPersisted, Publisher
 from service.events.retention import Retention
 from service.events.stats import RelayStats
 from service.settings import Settings
-from service.store import outbox
+from service.store import event_log, outbox
 from service.store.database import is_unavailable
 
 logger = logging.getLogger("service.events.relay")
@@ -200,7 +200,7 @@ class Relay:
         if not rows:
             return 0
         await self._publisher.publish(rows)
-        await outbox.delete_published(connection, self._stream, [outbox.position_of(row) for row in rows])
+        await event_log.retire_published(connection, self._stream, [outbox.position_of(row) for row in rows])
         return len(rows)
 
     async def _maybe_trim(self) -> None:

@@ -2,7 +2,8 @@
 
 `create_app(settings)` is the only way to build it (tests pass their own Settings);
 `app_from_environment()` is the factory the ASGI server imports in each worker. The lifespan
-opens the request pool, the Redis client and the relay, and starts the idempotency-key purge;
+opens the request pool, the Redis client and the relay, and starts the housekeeping (the
+idempotency-key purge, the event log's partitions);
 on shutdown (after the server has stopped taking requests and finished the ones in flight) it
 flushes the relay and closes them. No SQL and no request parsing here.
 """
@@ -10,6 +11,7 @@ flushes the relay and closes them. No SQL and no request parsing here.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
@@ -19,20 +21,26 @@ from service import metrics
 from service.conversations import Conversations
 from service.events.redis_client import create_redis
 from service.events.relay import Relay
+from service.feed import Feed
 from service.http import idempotency
 from service.http.auth import TokenAuthenticator
+from service.http.call import Services
 from service.http.error_handler import render_error
 from service.http.limits import MAX_BODY_BYTES
-from service.http.mount import CONVERSATION_HANDLERS
+from service.http.mount import V1_HANDLERS
 from service.http.observability import RequestObserver
 from service.http.openapi import SCHEMA_HANDLERS
 from service.http.status import STATUS_HANDLERS
 from service.logs import configure_logging
 from service.settings import Settings, load_settings
+from service.store import event_log
 from service.store.database import Database, create_pool
 from service.store.pool import ConnectionPool
 
+logger = logging.getLogger("service.http.app")
+
 POOL_SAMPLE_SECONDS = 1.0
+EVENT_LOG_MAINTENANCE_SECONDS = 3600.0
 
 
 async def _sample_pool(pool: ConnectionPool) -> None:
@@ -42,6 +50,20 @@ async def _sample_pool(pool: ConnectionPool) -> None:
         metrics.POOL_SIZE.set(size)
         metrics.POOL_IN_USE.set(size - pool.idle_count())
         await asyncio.sleep(POOL_SAMPLE_SECONDS)
+
+
+async def _maintain_event_log(db: Database, window_days: int) -> None:
+    """The feed's partitions, every EVENT_LOG_MAINTENANCE_SECONDS (migrate made today's)."""
+    while True:
+        await asyncio.sleep(EVENT_LOG_MAINTENANCE_SECONDS)
+        try:
+            connection = await db.acquire()
+            try:
+                await event_log.maintain(connection, window_days)
+            finally:
+                db.release(connection)
+        except Exception:  # PostgreSQL unreachable, say: try again next time
+            logger.warning("could not maintain the event log's partitions; retrying later", exc_info=True)
 
 
 def _lifespan(settings: Settings, run_relay: bool) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
@@ -56,11 +78,12 @@ def _lifespan(settings: Settings, run_relay: bool) -> Callable[[Litestar], Abstr
         app.state.redis = redis
         app.state.relay = relay
         app.state.authenticator = TokenAuthenticator(db, settings.token_cache_seconds)
-        app.state.conversations = Conversations(settings.events_stream)
+        app.state.services = Services(db, Conversations(settings.events_stream), Feed(settings.events_feed_days))
         if run_relay:
             relay.start()
         background = [asyncio.create_task(_sample_pool(pool), name="pool-sampler"),
-                      asyncio.create_task(idempotency.purge_forever(db), name="idempotency-purge")]
+                      asyncio.create_task(idempotency.purge_forever(db), name="idempotency-purge"),
+                      asyncio.create_task(_maintain_event_log(db, settings.events_feed_days), name="event-log")]
         try:
             yield
         finally:
@@ -80,7 +103,7 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> RequestObserver
     `run_relay=False` is for tests that drive the relay themselves.
     """
     return RequestObserver(Litestar(
-        route_handlers=[*CONVERSATION_HANDLERS, *STATUS_HANDLERS, *SCHEMA_HANDLERS],
+        route_handlers=[*V1_HANDLERS, *STATUS_HANDLERS, *SCHEMA_HANDLERS],
         lifespan=[_lifespan(settings, run_relay)],
         exception_handlers={Exception: render_error},
         request_max_body_size=MAX_BODY_BYTES,

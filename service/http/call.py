@@ -14,6 +14,7 @@ from typing import TypeVar
 from litestar.types import Receive, Scope
 
 from service.conversations import Conversations
+from service.feed import Feed
 from service.http import idempotency
 from service.http.decoding import decode_body, decode_query
 from service.http.limits import MAX_BODY_BYTES, body_too_large
@@ -54,17 +55,28 @@ def parse_if_match(value: bytes | None) -> list[int] | None:
     return versions
 
 
-class Call:
-    __slots__ = ("_body", "account_id", "conversation_id", "conversations", "db", "receive", "scope")
+class Services:
+    """What the operations work with, built once by the app's lifespan."""
 
-    def __init__(self, scope: Scope, receive: Receive, conversations: Conversations, db: Database,
-                 account_id: str, conversation_id: str) -> None:
+    __slots__ = ("conversations", "db", "feed")
+
+    def __init__(self, db: Database, conversations: Conversations, feed: Feed) -> None:
+        self.db = db
+        self.conversations = conversations
+        self.feed = feed
+
+
+class Call:
+    __slots__ = ("_body", "account_id", "conversations", "db", "feed", "item_id", "receive", "scope")
+
+    def __init__(self, scope: Scope, receive: Receive, services: Services, account_id: str, item_id: str) -> None:
         self.scope = scope
         self.receive = receive
-        self.conversations = conversations
-        self.db = db
+        self.db = services.db
+        self.conversations = services.conversations
+        self.feed = services.feed
         self.account_id = account_id
-        self.conversation_id = conversation_id
+        self.item_id = item_id  # the {id} of an item route, else ""
         self._body = b""
 
     def query(self, struct_type: type[T]) -> T:

@@ -1,4 +1,4 @@
-"""/v1/conversations as one mounted Litestar ASGI route handler: route, authenticate, run, reply.
+"""/v1 as one mounted Litestar ASGI route handler: route, authenticate, run, reply.
 
 Litestar still routes to the mount, owns the lifespan and renders every raised ApiError through
 the app's exception handler; what the mount skips is Litestar's per-call HTTP machinery (a
@@ -12,33 +12,37 @@ from __future__ import annotations
 from litestar import asgi
 from litestar.types import Receive, Scope, Send
 
-from service.errors import ConversationNotFound, MethodNotAllowed, RouteNotFound
+from service.errors import MethodNotAllowed, RouteNotFound
 from service.http.call import Call, raw_header
-from service.http.endpoints import COLLECTION_ROUTE, ITEM_ROUTE, MOUNT_PATH, ROUTES
+from service.http.endpoints import COLLECTION_ROUTE, EVENT_ROUTE, EVENTS_ROUTE, ITEM_IDS, ITEM_ROUTE, MOUNT_PATH, ROUTES
 from service.http.observability import ACCOUNT_SCOPE_KEY, ROUTE_SCOPE_KEY
 from service.http.reply import send_reply
-from service.ids import ID_PATTERN
 
 _AUTHORIZATION = b"authorization"
 _ALLOW = {route: ", ".join(["OPTIONS", *operations]) for route, operations in ROUTES.items()}
+# The first segment below /v1 -> (its collection route, its item route).
+_RESOURCES = {"conversations": (COLLECTION_ROUTE, ITEM_ROUTE), "events": (EVENTS_ROUTE, EVENT_ROUTE)}
 
 
 def _route_of(remaining_path: str) -> tuple[str, str]:
-    """(route template, conversation id or "") of the path below the mount, or RouteNotFound.
+    """(route template, item id or "") of the path below the mount, or RouteNotFound.
 
-    Litestar hands a mount what follows its path, with a slash at each end ("/", "/<id>/").
+    Litestar hands a mount what follows its path, with a slash at each end ("/conversations/",
+    "/conversations/<id>/").
     """
-    if remaining_path == "/":
-        return COLLECTION_ROUTE, ""
-    if remaining_path[:1] != "/" or remaining_path.count("/") != 2:  # /v1/conversationsX, /<id>/more
+    segments = remaining_path.strip("/").split("/")
+    routes = _RESOURCES.get(segments[0])
+    if routes is None or len(segments) > 2 or remaining_path[:1] != "/":
         raise RouteNotFound(f"there is no route {MOUNT_PATH}{remaining_path.rstrip('/')[:200]}")
-    return ITEM_ROUTE, remaining_path[1:-1]
+    if len(segments) == 1:
+        return routes[0], ""
+    return routes[1], segments[1]
 
 
 @asgi(MOUNT_PATH, is_mount=True, copy_scope=False)
-async def conversations_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
-    """Every call under /v1/conversations: route, authenticate, run the operation."""
-    route, conversation_id = _route_of(scope["path"])
+async def v1_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+    """Every call under /v1: route, authenticate, run the operation."""
+    route, item_id = _route_of(scope["path"])
     method = scope["method"]
     operation = ROUTES[route].get(method)
     if operation is None:
@@ -52,10 +56,11 @@ async def conversations_endpoint(scope: Scope, receive: Receive, send: Send) -> 
     state = scope["app"].state
     account_id = await state.authenticator.account_for(raw_header(scope["headers"], _AUTHORIZATION))
     scope[ACCOUNT_SCOPE_KEY] = account_id  # type: ignore[literal-required]
-    if conversation_id and ID_PATTERN.fullmatch(conversation_id) is None:
-        raise ConversationNotFound(conversation_id)  # it cannot be an id, so it cannot exist
-    call = Call(scope, receive, state.conversations, state.db, account_id, conversation_id)
-    await send_reply(send, await operation(call))
+    if item_id:
+        pattern, not_found = ITEM_IDS[route]
+        if pattern.fullmatch(item_id) is None:
+            raise not_found(item_id)  # it cannot be an id, so it cannot exist
+    await send_reply(send, await operation(Call(scope, receive, state.services, account_id, item_id)))
 
 
-CONVERSATION_HANDLERS = [conversations_endpoint]
+V1_HANDLERS = [v1_endpoint]

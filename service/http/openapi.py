@@ -21,14 +21,17 @@ from service.http.decoding import FORM_MEDIA_TYPE, JSON_MEDIA_TYPE
 from service.http.idempotency import KEY_PATTERN
 from service.http.limits import MAX_BODY_BYTES
 from service.http.status import Health, Readiness
-from service.ids import ID_REGEX
+from service.ids import EVENT_ID_PREFIX, ID_REGEX
 from service.model import (
     MAX_TIMESTAMP,
     ActivityPage,
     Conversation,
     ConversationCreate,
+    ConversationEvent,
     ConversationPage,
     ConversationUpdate,
+    EventListParams,
+    EventPage,
     ListParams,
 )
 
@@ -67,7 +70,8 @@ see docs/asyncapi.yaml.
 
 
 def _schemas() -> dict[str, Any]:
-    structs = [Conversation, ConversationPage, ActivityPage, ErrorBody, ConflictErrorBody, ConversationCreate,
+    structs = [Conversation, ConversationPage, ActivityPage, ConversationEvent, EventPage, ErrorBody,
+               ConflictErrorBody, ConversationCreate,
                ConversationUpdate, Health, Readiness]
     _, components = msgspec.json.schema_components(structs, ref_template=_REF)
     create = components["ConversationCreate"]
@@ -149,6 +153,7 @@ _ERROR_DESCRIPTIONS = {
     404: "No such conversation in this account (or no such route).",
     409: ("The account already has a conversation with this contact or group, or a request with the same "
           "Idempotency-Key is still running."),
+    410: "The cursor names an event older than the feed's window: resync (list the conversations again).",
     412: "If-Match names a version the conversation no longer has (nothing was changed).",
     413: f"The body is over {MAX_BODY_BYTES // 1024} KiB.",
     415: "The body is neither JSON nor form data.",
@@ -225,10 +230,32 @@ def _list_parameters(list_schema: dict[str, Any]) -> list[dict[str, Any]]:
     return parameters
 
 
+_EVENT_ID_PARAMETER = {
+    "name": "event_id", "in": "path", "required": True,
+    "schema": {"type": "string", "pattern": f"^{EVENT_ID_PREFIX}{ID_REGEX}$"}, "example": "evt_0Vc0T5O7JeVw0mvP",
+    "description": "An event id; anything that cannot be one is a 404.",
+}
+
+
+def _event_parameters(list_schema: dict[str, Any]) -> list[dict[str, Any]]:
+    descriptions = {
+        "limit": "Page size, 1 to 100 (default 10).",
+        "type": "Only events of this type.",
+        "conversation_id": "Only the events of this conversation.",
+        "starting_after": "An event id of this feed: the page of events before it (older).",
+        "ending_before": "An event id of this feed: the page of events after it (newer), the closest first in "
+                         "time, listed newest first.",
+    }
+    return [{"name": name, "in": "query", "required": False, "description": descriptions[name],
+             "schema": {key: value for key, value in schema.items() if key != "examples"}}
+            for name, schema in list_schema["properties"].items()]
+
+
 def build_document() -> dict[str, Any]:
     """The whole OpenAPI 3.1 document, as a plain JSON-ready object."""
     schemas = _schemas()
     _, list_components = msgspec.json.schema_components([ListParams], ref_template=_REF)
+    _, event_components = msgspec.json.schema_components([EventListParams], ref_template=_REF)
     bearer = [{"bearerAuth": []}]
     conversation_200 = {"description": "The conversation.", "content": _json("Conversation"),
                         "headers": {**_ETAG_HEADER, **_REPLAYED_HEADER}}
@@ -268,6 +295,24 @@ def build_document() -> dict[str, Any]:
                        "responses": {"204": {"description": "Deleted; no body.", "headers": _REPLAYED_HEADER},
                                      **_errors(400, 404, 409, 412, 413, 415)}},
         },
+        "/v1/events": {
+            "get": {"operationId": "listEvents", "summary": "The events feed: every published event, newest first",
+                    "description": ("The account's events in the order they became visible, newest first, kept for "
+                                    "the feed's window (EVENTS_FEED_DAYS, 30 days by default). Each event is the "
+                                    "stream's entry, decoded. To sync, page with ending_before=<the newest event "
+                                    "you have>: nothing that commits later is ever placed before it."),
+                    "tags": ["events"], "security": bearer,
+                    "parameters": _event_parameters(event_components["EventListParams"]),
+                    "responses": {"200": {"description": "A page of events.", "content": _json("EventPage")},
+                                  **_errors(400, 410)}},
+        },
+        "/v1/events/{event_id}": {
+            "parameters": [_EVENT_ID_PARAMETER],
+            "get": {"operationId": "retrieveEvent", "summary": "Retrieve an event of the feed", "tags": ["events"],
+                    "security": bearer, "responses": {"200": {"description": "The event.",
+                                                              "content": _json("ConversationEvent")},
+                                                      **_errors(400, 404)}},
+        },
         "/health": {"get": {"operationId": "health", "summary": "Liveness: the process answers",
                             "tags": ["operations"], "security": [],
                             "responses": {"200": {"description": "Alive.", "content": _json("Health")}}}},
@@ -288,7 +333,8 @@ def build_document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "Conversations API", "version": "1.0.0", "description": DESCRIPTION},
-        "tags": [{"name": "conversations"}, {"name": "operations", "description": "No token needed."}],
+        "tags": [{"name": "conversations"}, {"name": "events"},
+                 {"name": "operations", "description": "No token needed."}],
         "paths": paths,
         "components": {"schemas": schemas,
                        "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer",

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from service.settings import Settings
+from service.store import event_log
 
 logger = logging.getLogger("service.store.migrate")
 
@@ -64,12 +65,14 @@ async def ensure_database(settings: Settings) -> bool:
 
 
 async def apply_schema(settings: Settings) -> None:
-    """Run schema.sql under the migration lock (held by this session until it closes)."""
+    """Run schema.sql under the migration lock (held by this session until it closes), then give the
+    event log the partitions of the coming days, so the relay never moves rows into its default."""
     connection = await asyncpg.connect(settings.database_url, timeout=settings.db_connect_timeout)
     try:
         await connection.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
         try:
             await connection.execute(schema_sql())
+            await event_log.maintain(connection, settings.events_feed_days)
         finally:
             await connection.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
     finally:

@@ -6,8 +6,9 @@ conversation's rows are in commit order. A row carries the event's envelope, the
 column by column as `data` shows it, and for an update the previous values of the updatable
 fields. The relay reads a stream's rows in position order (`fetch_batch`), turns each into a
 stream entry (`entry_fields`: `data` encoded by the HTTP response's own encoder, so the bytes
-are equal), and deletes each published row by its own position (`delete_published`): positions
-are not assigned in commit order, so no high-water mark is ever kept.
+are equal), and retires each published row by its own position (event_log.retire_published
+moves it into the feed's log): positions are not assigned in commit order, so no high-water mark
+is ever kept.
 
 Writers NOTIFY the relay on commit unless the relay said it is polling (`outbox_wakeups`,
 `set_writers_notify`): NOTIFY takes a database-wide lock at commit, which under load cost a
@@ -17,6 +18,7 @@ quarter of the write throughput.
 from __future__ import annotations
 
 import asyncpg
+from msgspec import UNSET
 
 from service.model import (
     CONVERSATION_FIELDS,
@@ -24,6 +26,7 @@ from service.model import (
     STREAM_FIELDS,
     UPDATABLE_FIELDS,
     Conversation,
+    ConversationEvent,
     PreviousAttributes,
     encode_json,
 )
@@ -39,12 +42,19 @@ DATA_COLUMNS = CONVERSATION_FIELDS[1:]
 PREVIOUS_COLUMNS = tuple(f"previous_{name}" for name in UPDATABLE_FIELDS)
 COLUMNS = (*ENVELOPE_COLUMNS, *DATA_COLUMNS, *PREVIOUS_COLUMNS)
 
-# Where each part sits in a row of SELECT_BATCH, which reads `position` first, then COLUMNS.
-_ENVELOPE = slice(1, 1 + len(ENVELOPE_COLUMNS))
-_DATA = slice(_ENVELOPE.stop, _ENVELOPE.stop + len(DATA_COLUMNS))
-_PREVIOUS = slice(_DATA.stop, _DATA.stop + len(PREVIOUS_COLUMNS))
-_TYPE = 1 + ENVELOPE_COLUMNS.index("type")
-_CONVERSATION_ID = 1 + ENVELOPE_COLUMNS.index("conversation_id")
+# Where each part sits in a row whose COLUMNS start at `first` (SELECT_BATCH reads `position` first).
+class _Layout:
+    __slots__ = ("conversation_id", "data", "envelope", "previous", "type")
+
+    def __init__(self, first: int) -> None:
+        self.envelope = slice(first, first + len(ENVELOPE_COLUMNS))
+        self.data = slice(self.envelope.stop, self.envelope.stop + len(DATA_COLUMNS))
+        self.previous = slice(self.data.stop, self.data.stop + len(PREVIOUS_COLUMNS))
+        self.type = first + ENVELOPE_COLUMNS.index("type")
+        self.conversation_id = first + ENVELOPE_COLUMNS.index("conversation_id")
+
+
+_LAYOUTS = {first: _Layout(first) for first in range(3)}
 
 # --------------------------------------------------------------------------------- writing
 
@@ -76,7 +86,6 @@ def insert_event(event_type: str, *, stream: str, account_id: str, event_id: str
 
 SELECT_BATCH = (f"SELECT position, {', '.join(COLUMNS)} FROM conversation_outbox "
                 "WHERE stream = $1 ORDER BY position LIMIT $2")
-DELETE_PUBLISHED = "DELETE FROM conversation_outbox WHERE stream = $1 AND position = ANY($2::bigint[])"
 SELECT_BACKLOG = "SELECT count(*), min(occurred_at) FROM conversation_outbox WHERE stream = $1"
 SET_WRITERS_NOTIFY = ("INSERT INTO outbox_wakeups (stream, notify) VALUES ($1, $2) "
                       "ON CONFLICT (stream) DO UPDATE SET notify = EXCLUDED.notify")
@@ -93,26 +102,39 @@ def position_of(row: asyncpg.Record) -> int:
     return row[0]
 
 
-def entry_fields(row: asyncpg.Record) -> list[str | bytes]:
-    """A row of `fetch_batch` as its stream entry: field, value, ... in STREAM_FIELDS order.
+def _parts(row: asyncpg.Record, first: int) -> tuple[Conversation, PreviousAttributes | None]:  # type: ignore[valid-type]
+    """The conversation as `data` shows it, and for an update the old values of what changed."""
+    layout = _LAYOUTS[first]
+    conversation = Conversation(row[layout.conversation_id], *row[layout.data])
+    if row[layout.type] != "conversation.updated":
+        return conversation, None
+    changed = {name: old for name, old in zip(UPDATABLE_FIELDS, row[layout.previous], strict=True)
+               if old != getattr(conversation, name)}
+    return conversation, PreviousAttributes(**changed)
+
+
+def entry_fields(row: asyncpg.Record, first: int = 1) -> list[str | bytes]:
+    """A row as its stream entry: field, value, ... in STREAM_FIELDS order; COLUMNS start at `first`.
 
     `data` is the conversation encoded by the HTTP response's own encoder; `previous_attributes`
     (updates only) holds the old value of each updatable field that differs, in field order.
     """
     fields: list[str | bytes] = []
-    for name, value in zip(ENVELOPE_FIELDS, row[_ENVELOPE], strict=True):
+    for name, value in zip(ENVELOPE_FIELDS, row[_LAYOUTS[first].envelope], strict=True):
         fields += (name, value if isinstance(value, str) else str(value))
-    conversation = Conversation(row[_CONVERSATION_ID], *row[_DATA])
+    conversation, previous = _parts(row, first)
     fields += ("data", encode_json(conversation))
-    if row[_TYPE] == "conversation.updated":
-        changed = {name: old for name, old in zip(UPDATABLE_FIELDS, row[_PREVIOUS], strict=True)
-                   if old != getattr(conversation, name)}
-        fields += ("previous_attributes", encode_json(PreviousAttributes(**changed)))
+    if previous is not None:
+        fields += ("previous_attributes", encode_json(previous))
     return fields
 
 
-async def delete_published(connection: asyncpg.Connection, stream: str, positions: list[int]) -> None:
-    await connection.execute(DELETE_PUBLISHED, stream, positions)
+def event_of(row: asyncpg.Record, first: int) -> ConversationEvent:
+    """A row as the decoded event a consumer would make of its entry; COLUMNS start at `first`."""
+    conversation, previous = _parts(row, first)
+    envelope = dict(zip(ENVELOPE_FIELDS, row[_LAYOUTS[first].envelope], strict=True))
+    return ConversationEvent(**envelope, data=conversation,
+                             previous_attributes=UNSET if previous is None else previous)
 
 
 async def fetch_backlog(connection: asyncpg.Connection, stream: str) -> tuple[int, int | None]:

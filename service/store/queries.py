@@ -18,7 +18,7 @@ from typing import NamedTuple, get_args, get_type_hints
 import asyncpg
 from msgspec import UNSET
 
-from service.ids import new_event_id, random_part
+from service.ids import EVENT_ID_PREFIX, new_event_id, random_part
 from service.model import CONVERSATION_FIELDS, UPDATABLE_FIELDS, Conversation, ConversationUpdate
 from service.store.database import Executor
 from service.store.outbox import insert_event
@@ -163,8 +163,9 @@ WITH inserted AS (
     ON CONFLICT DO NOTHING
     RETURNING {_COLUMNS}, version
 ), event AS (
-    {insert_event("conversation.created", stream="$6", account_id="$1", event_id="'evt_' || left(i.id, 8) || $5",
-                  occurred_at="i.created_at", sequence="i.version", source="inserted i", row="i")}
+    {insert_event("conversation.created", stream="$6", account_id="$1",
+                  event_id=f"'{EVENT_ID_PREFIX}' || left(i.id, 8) || $5", occurred_at="i.created_at",
+                  sequence="i.version", source="inserted i", row="i")}
 )
 SELECT {_COLUMNS}, version FROM inserted
 """

@@ -38,6 +38,7 @@ import redis.asyncio as aioredis
 import schemathesis
 
 from service.http.openapi import OPENAPI_PATH
+from service.model import ACTIVITY_CURSOR_REGEX
 from service.settings import Settings
 from tests.conftest import Account, new_account
 from tests.servers import ServiceProcess
@@ -205,6 +206,9 @@ def _node_id_for_schemathesis(request: pytest.FixtureRequest) -> None:
 
 _VALID_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 _CONVERSATION_ID = re.compile(r"[0-9A-Za-z]{16}")
+_ACTIVITY_CURSOR = re.compile(ACTIVITY_CURSOR_REGEX)
+_EVENT_ID = re.compile(r"evt_[0-9A-Za-z]{16}")
+_CURSORS = ("starting_after", "ending_before")
 
 
 def _whole_floats_as_integers(value: Any) -> Any:
@@ -236,9 +240,24 @@ def before_call(context: schemathesis.HookContext, case: schemathesis.Case, kwar
         # 2. docs/api.md §4: starting_after and ending_before together are a 400. OpenAPI has no constraint
         #    between two query parameters, so two well-formed cursors look valid. Keep the first
         #    (test_pagination.py checks the 400).
-        cursors = [case.query.get(name) for name in ("starting_after", "ending_before")]
-        if all(isinstance(cursor, str) and _CONVERSATION_ID.fullmatch(cursor) for cursor in cursors):
+        cursors = [case.query.get(name) for name in _CURSORS]
+        if all(isinstance(cursor, str) and any(shape.fullmatch(cursor) for shape in (
+                _CONVERSATION_ID, _ACTIVITY_CURSOR, _EVENT_ID)) for cursor in cursors):
             del case.query["ending_before"]
+        # 4. docs/api.md §4.2: which cursors a list takes depends on `order` (ids in creation order,
+        #    the pages' own cursors in activity order), a link between two parameters. Drop a
+        #    well-formed cursor of the other order (test_activity_order.py checks the 400).
+        wrong = _CONVERSATION_ID if case.query.get("order") == "activity" else _ACTIVITY_CURSOR
+        for name in _CURSORS:
+            if isinstance(case.query.get(name), str) and wrong.fullmatch(case.query[name]):
+                del case.query[name]
+        # 5. docs/api.md §6.6: a feed cursor must be an event of this account's feed (else a 400, or
+        #    a 410 past the window), which no schema can generate. Drop well-formed ones
+        #    (test_events_feed.py checks both answers).
+        if case.operation.path == "/v1/events":
+            for name in _CURSORS:
+                if isinstance(case.query.get(name), str) and _EVENT_ID.fullmatch(case.query[name]):
+                    del case.query[name]
     # 3. README, Retries: one Idempotency-Key used for two different requests is a 400, and generated
     #    keys repeat across cases (the shortest valid key is "!"). Give each valid key a value of
     #    its own; invalid keys stay as generated. (test_idempotency.py checks the 400.)

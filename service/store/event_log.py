@@ -1,0 +1,170 @@
+"""The event log behind GET /v1/events: published events, kept for the feed's window.
+
+The relay retires each published outbox row by moving it here (one statement: DELETE ...
+RETURNING into INSERT), stamped with a batch number. The moves of every relay take turns (a
+transaction-level advisory lock, held until commit) and draw their batch number inside their
+turn, so batch numbers become visible in increasing order: the rows a reader sees are always a
+prefix of the feed's order (batch, position), and a row that becomes visible later sorts after
+every row already shown. A client that continues from its last event therefore misses nothing,
+whatever commits meanwhile. One leader moves a stream's rows, batch after batch, and a
+conversation's rows in commit order, so the feed keeps each conversation's events in sequence
+order.
+
+The log is partitioned by day of `occurred_at`; `maintain` (run by migrate, then hourly by each
+process) creates the coming days' partitions and drops those past the window, so expiry costs
+no per-row deletes. Lookups: the feed's order
+is `event_log_feed_idx` (account_id, batch, position); an event by id is
+`event_log_event_idx` (account_id, event_id), pruned to the partitions of the id's day.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from functools import cache
+from typing import NamedTuple
+
+import asyncpg
+
+from service.model import ConversationEvent
+from service.store import outbox
+from service.store.database import Executor
+
+logger = logging.getLogger("service.store.event_log")
+
+DAY_SECONDS = 86_400
+PARTITIONS_AHEAD_DAYS = 7
+MAINTENANCE_LOCK_KEY = 0x6C6F672D6D61696E  # "log-main": one maintainer at a time across replicas
+MOVE_LOCK_KEY = 0x6C6F672D6D6F7665  # "log-move": relays move their batches one at a time
+# A row's partition follows occurred_at (the database's clock); an event id's time part is the
+# writer's clock. This much slack covers any skew between the two when looking an id up.
+CLOCK_SLACK_SECONDS = 3600
+
+_COLUMNS = ", ".join(outbox.COLUMNS)
+
+RETIRE_PUBLISHED = f"""
+WITH published AS (
+    DELETE FROM conversation_outbox WHERE stream = $1 AND position = ANY($2::bigint[])
+    RETURNING stream, position, {_COLUMNS}
+), turn AS (
+    SELECT nextval('event_log_batch_seq') AS batch FROM (SELECT pg_advisory_xact_lock({MOVE_LOCK_KEY})) AS queued
+)
+INSERT INTO event_log (batch, stream, position, {_COLUMNS})
+SELECT turn.batch, published.stream, published.position, {", ".join(f"published.{c}" for c in outbox.COLUMNS)}
+FROM published, turn
+"""
+
+
+async def retire_published(connection: asyncpg.Connection, stream: str, positions: list[int]) -> None:
+    """Move published outbox rows into the log, in one statement (so one transaction)."""
+    await connection.execute(RETIRE_PUBLISHED, stream, positions)
+
+
+class FeedPosition(NamedTuple):
+    """A place in the feed's order: the key of event_log_feed_idx after the account."""
+
+    batch: int
+    position: int
+
+
+# Filter attribute -> the condition it adds; its value is the next parameter.
+FEED_FILTERS = {"type": "type = ${n}", "conversation_id": "conversation_id = ${n}"}
+
+
+@cache
+def feed_statement(direction: str | None, filters: tuple[str, ...]) -> str:
+    """One page of an account's feed, newest first, as a keyset scan of event_log_feed_idx.
+
+    `direction` None (the newest page), "starting_after" (older than $3, $4, descending) or
+    "ending_before" (newer than $3, $4, ascending: the caller reverses). $1 account, $2 page
+    size + 1, then the position if any, then one parameter per filter.
+    """
+    conditions = ["account_id = $1"]
+    if direction is not None:
+        conditions.append(f"(batch, position) {'<' if direction == 'starting_after' else '>'} ($3, $4)")
+    first_filter = 3 if direction is None else 5
+    for offset, name in enumerate(filters):
+        conditions.append(FEED_FILTERS[name].format(n=first_filter + offset))
+    order = "ASC" if direction == "ending_before" else "DESC"
+    return (f"SELECT {_COLUMNS} FROM event_log WHERE {' AND '.join(conditions)} "
+            f"ORDER BY batch {order}, position {order} LIMIT $2")
+
+
+async def fetch_feed(db: Executor, account_id: str, size: int, direction: str | None,
+                     position: FeedPosition | None, filters: dict[str, object]
+                     ) -> tuple[list[ConversationEvent], bool]:
+    """Up to `size` events, newest first, from `position`; and whether more exist beyond them."""
+    query = feed_statement(direction, tuple(filters))
+    cursor: tuple[object, ...] = () if position is None else (position.batch, position.position)
+    rows = await db.fetch(query, account_id, size + 1, *cursor, *filters.values())
+    has_more = len(rows) > size
+    page = [outbox.event_of(row, 0) for row in rows[:size]]
+    if direction == "ending_before":
+        page.reverse()
+    return page, has_more
+
+
+SELECT_EVENT = (f"SELECT batch, position, {_COLUMNS} FROM event_log "
+                "WHERE account_id = $1 AND event_id = $2 AND occurred_at BETWEEN $3 AND $4")
+
+
+async def fetch_event(db: Executor, account_id: str, event_id: str, around_seconds: int
+                      ) -> tuple[FeedPosition, ConversationEvent] | None:
+    """The account's event `event_id` and its feed position, if the feed shows it.
+
+    `around_seconds` is when the event happened, as its id says; only that day's partitions
+    are searched.
+    """
+    row = await db.fetchrow(SELECT_EVENT, account_id, event_id, around_seconds - CLOCK_SLACK_SECONDS,
+                            around_seconds + CLOCK_SLACK_SECONDS)
+    if row is None:
+        return None
+    return FeedPosition(row[0], row[1]), outbox.event_of(row, 2)
+
+
+# ------------------------------------------------------------------------------- maintenance
+
+
+def _partition_name(day: dt.date) -> str:
+    return f"event_log_{day:%Y%m%d}"
+
+
+def _epoch(day: dt.date) -> int:
+    return int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp())
+
+
+async def maintain(connection: asyncpg.Connection, window_days: int, today: dt.date | None = None) -> None:
+    """Create the partitions of the coming days; drop those wholly past the window.
+
+    One maintainer at a time (a transaction-level advisory lock): replicas skip while another
+    works. Rows that landed in the default partition (a day without a partition) are deleted
+    once past the window.
+    """
+    today = today or dt.datetime.now(dt.UTC).date()
+    oldest_kept = today - dt.timedelta(days=window_days)
+    async with connection.transaction():
+        transaction = connection
+        if not await transaction.fetchval("SELECT pg_try_advisory_xact_lock($1)", MAINTENANCE_LOCK_KEY):
+            return
+        # Creating or dropping a partition locks the log briefly; never queue behind a long holder.
+        await transaction.execute("SET LOCAL lock_timeout = '1s'")
+        existing = {row[0] for row in await transaction.fetch(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'event_log'")}
+        for offset in range(-1, PARTITIONS_AHEAD_DAYS + 1):
+            day = today + dt.timedelta(days=offset)
+            start, end = _epoch(day), _epoch(day + dt.timedelta(days=1))
+            if _partition_name(day) in existing or day < oldest_kept:
+                continue
+            # A day whose events already went to the default partition keeps them there (a
+            # partition for it could not be created) until they leave the window.
+            if await transaction.fetchval("SELECT EXISTS (SELECT FROM event_log_default "
+                                          "WHERE occurred_at >= $1 AND occurred_at < $2)", start, end):
+                continue
+            await transaction.execute(f"CREATE TABLE IF NOT EXISTS {_partition_name(day)} PARTITION OF event_log "
+                                      f"FOR VALUES FROM ({start}) TO ({end})")
+        for name in sorted(existing):
+            if name != "event_log_default" and dt.datetime.strptime(name[10:], "%Y%m%d").date() < oldest_kept:
+                await transaction.execute(f"DROP TABLE IF EXISTS {name}")
+                logger.info("dropped %s: its events are past the feed's %d-day window", name, window_days)
+        await transaction.execute("DELETE FROM event_log_default WHERE occurred_at < $1", _epoch(oldest_kept))
