@@ -37,6 +37,7 @@ import pytest
 import yaml
 
 from tests.servers import ROOT
+from tests.test_deployment import seconds
 
 pytestmark = [pytest.mark.deployment, pytest.mark.slow]
 
@@ -325,7 +326,7 @@ def compose(capsys: pytest.CaptureFixture[str]) -> Iterator[Compose]:
 def test_compose_stack_builds_starts_runs_readmes_session_and_loses_no_event(
         compose: Compose, capsys: pytest.CaptureFixture[str]):
     services = yaml.safe_load((ROOT / "compose.yaml").read_text(encoding="utf-8"))["services"]
-    grace = float(services["api"]["stop_grace_period"].removesuffix("s"))
+    grace = seconds(services["api"]["stop_grace_period"])
 
     started = time.monotonic()
     compose.run("build", "api", timeout=BUILD_TIMEOUT)
