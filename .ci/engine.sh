@@ -17,10 +17,13 @@
 # One run at a time uses the cache: engine_start waits for the lock on $CI_CACHE/lock, held until
 # .ci/run exits. Per-run state (exec root, socket, pid file, log) lives in $CI_ENGINE_RUN.
 #
-# The engine runs without touching the host's firewall or forwarding (--iptables=false,
-# --ip-forward=false), so containers reach nothing outside this machine; published ports bind to
-# 127.0.0.1 only (--ip); image builds that need the package index use the host's network
-# (`--network host`, and .ci/compose.host-network-build.yaml for compose).
+# The engine leaves the host's firewall and forwarding alone (--iptables=false,
+# --ip-forward=false): no NAT is set up, so containers cannot reach beyond this machine.
+# Published ports bind to 127.0.0.1 unless the client names an address (--ip): testcontainers'
+# do; docker-compose v1 names 0.0.0.0 and :: itself, so the stack's port 8000 listens on every
+# interface while the deployment test runs (the test talks to it on localhost only).
+# Image builds that need the package index use the host's network (`--network host`, and
+# .ci/compose.host-network-build.yaml for compose).
 
 CI_CACHE="${CONVERSATIONS_CI_CACHE:-/var/cache/conversations-ci}"
 CI_ENGINE_RUN="${CONVERSATIONS_CI_RUN:-/run/conversations-ci}"
@@ -65,10 +68,12 @@ engine_start() {
   rm -f "$CI_ENGINE_PIDFILE"
   ip link show docker0 >/dev/null 2>&1 || CI_ENGINE_CREATED_BRIDGE=docker0
 
+  # The lock's descriptor is closed for dockerd: a dockerd outliving a killed run must not keep
+  # the next run waiting for the lock; the next run stops it instead (above).
   dockerd --data-root "$CI_CACHE/docker" --exec-root "$CI_ENGINE_RUN/exec" \
     --host "unix://$CI_ENGINE_RUN/docker.sock" --pidfile "$CI_ENGINE_PIDFILE" \
     --iptables=false --ip-forward=false --ip=127.0.0.1 --log-level=warn \
-    > "$CI_ENGINE_RUN/dockerd.log" 2>&1 &
+    > "$CI_ENGINE_RUN/dockerd.log" 2>&1 {CI_CACHE_LOCK_FD}>&- &
   CI_ENGINE_PID=$!
 
   export DOCKER_HOST="unix://$CI_ENGINE_RUN/docker.sock"
