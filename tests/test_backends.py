@@ -32,7 +32,7 @@ def test_given_both_urls_no_container_is_started():
         assert backends.resolve(stack, env) == ("postgresql://a@b/c", "redis://d:1/0")
 
 
-def test_test_backends_containers_is_the_only_mode_besides_automatic():
+def test_test_backends_containers_is_the_only_mode_besides_automatic() -> None:
     assert backends.containers_required({"TEST_BACKENDS": "containers"}) is True
     assert backends.containers_required({}) is False
     assert backends.containers_required({"TEST_BACKENDS": ""}) is False

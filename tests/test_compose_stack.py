@@ -324,7 +324,7 @@ def compose(capsys: pytest.CaptureFixture[str]) -> Iterator[Compose]:
 
 
 def test_compose_stack_builds_starts_runs_readmes_session_and_loses_no_event(
-        compose: Compose, capsys: pytest.CaptureFixture[str]):
+        compose: Compose, capsys: pytest.CaptureFixture[str]) -> None:
     services = yaml.safe_load((ROOT / "compose.yaml").read_text(encoding="utf-8"))["services"]
     grace = seconds(services["api"]["stop_grace_period"])
 

@@ -303,7 +303,7 @@ def test_dockerfile_stages_are_official_python_slim():
     assert re.search(r" AS \w+$", build[0][1], re.IGNORECASE), "the build stage is named"
 
 
-def test_dockerfile_has_no_syntax_directive_and_needs_no_buildkit():
+def test_dockerfile_has_no_syntax_directive_and_needs_no_buildkit() -> None:
     # A `# syntax=` line makes every BuildKit build fetch that frontend from a registry first.
     first_lines = DOCKERFILE.read_text(encoding="utf-8").splitlines()
     directives = [line for line in first_lines[:5] if re.match(r"#\s*syntax\s*=", line, re.IGNORECASE)]
@@ -315,7 +315,7 @@ def test_dockerfile_has_no_syntax_directive_and_needs_no_buildkit():
         assert "<<" not in arguments, f"{instruction} {arguments}: a heredoc needs BuildKit"
 
 
-def test_dockerfile_build_stage_installs_exactly_the_locked_versions():
+def test_dockerfile_build_stage_installs_exactly_the_locked_versions() -> None:
     build = dockerfile_stages()[0]
     assert ("COPY", "requirements.lock ./") in build
     runs = [arguments for instruction, arguments in build if instruction == "RUN"]
@@ -396,7 +396,7 @@ def test_dockerfile_copies_every_file_the_entry_point_needs():
         assert copied.get(file) == f"{workdir}/{file}", f"{file} is not copied to {workdir}/{file}"
 
 
-def test_dockerfile_final_stage_has_no_build_tools_pip_cache_or_installer():
+def test_dockerfile_final_stage_has_no_build_tools_pip_cache_or_installer() -> None:
     final = dockerfile_stages()[-1]
     copied_from_build = []
     for instruction, arguments in final:
@@ -431,7 +431,7 @@ def locked() -> dict[str, tuple[Requirement, list[str]]]:
     return entries
 
 
-def test_lock_pins_every_package_to_one_version_with_hashes():
+def test_lock_pins_every_package_to_one_version_with_hashes() -> None:
     entries = locked()
     assert entries
     for name, (requirement, hashes) in entries.items():
@@ -440,7 +440,7 @@ def test_lock_pins_every_package_to_one_version_with_hashes():
         assert hashes and all(re.fullmatch(r"sha256:[0-9a-f]{64}", value) for value in hashes), name
 
 
-def test_lock_satisfies_every_runtime_dependency_of_pyproject():
+def test_lock_satisfies_every_runtime_dependency_of_pyproject() -> None:
     with (ROOT / "pyproject.toml").open("rb") as file:
         dependencies = [Requirement(value) for value in tomllib.load(file)["project"]["dependencies"]]
     entries = locked()
@@ -455,7 +455,7 @@ def test_lock_satisfies_every_runtime_dependency_of_pyproject():
             assert canonicalize_name(extra) in entries, f"{dependency}: {extra} is not locked"
 
 
-def test_lock_header_is_readmes_refresh_command():
+def test_lock_header_is_readmes_refresh_command() -> None:
     header = LOCK.read_text(encoding="utf-8").splitlines()[:3]
     commands = [line.lstrip("# ").strip() for line in header if "uv pip compile" in line]
     assert len(commands) == 1, header
