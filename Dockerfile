@@ -1,48 +1,52 @@
-# syntax=docker/dockerfile:1
 #
-# The conversations service (API.md §7): `docker build -t conversations-service .`, then
+# The conversations service (docs/api.md §7): `docker build -t conversations-service .`, then
 # `docker run -e DATABASE_URL=... -e REDIS_URL=... -p 8000:8000 conversations-service`
-# (compose.yaml wires it to PostgreSQL and Redis). Checked by tests/test_deployment.py and hadolint.
+# (compose.yaml wires it to PostgreSQL and Redis). Checked by tests/test_deployment.py and hadolint,
+# and built and started for real by tests/test_compose_stack.py.
 #
-# Two stages: `build` turns the dependencies listed in pyproject.toml into wheels; the runtime
-# stage installs only those wheels (no index, no compiler, no pip cache) and runs the package from
-# source in /app, where `service/migrate.py` finds `schema.sql` one directory above the package.
+# No `# syntax=` line: it would make every BuildKit build fetch that frontend from a registry, so
+# an offline or mirror-only build would fail before its first step. Nothing here needs more than
+# the builder's own frontend, and no `RUN --mount` either, so the file builds with BuildKit, with
+# the legacy builder (docker-compose v1's default) and with buildah alike.
+#
+# Two stages: `build` installs exactly the versions pinned in requirements.lock, each checked
+# against its hashes, into a virtual environment; the runtime stage copies that environment
+# (installed packages only: no wheels, no pip cache, no pip) and runs the package from source in
+# /app, where `service/store/migrate.py` finds `schema.sql` beside the package.
 
-# ---- build: wheels of the project's runtime dependencies -------------------------------------
+# ---- build: the locked runtime dependencies, in a virtual environment ------------------------
 FROM python:3.11-slim-bookworm AS build
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 
 WORKDIR /src
-COPY pyproject.toml ./
+COPY requirements.lock ./
 
-# Only [project].dependencies, read with the standard library: the project itself is not built
-# (it runs from source), so a change under service/ does not rebuild this layer. Every dependency
-# ships binary wheels for CPython 3.11 on amd64 and arm64, so no compiler is needed; if one ever
-# has to be built from source, this is the stage to add build-essential to.
-RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; print('\n'.join(deps))" \
-        > requirements.txt \
-    && pip wheel --wheel-dir /wheels --requirement requirements.txt \
-    && cp requirements.txt /wheels/requirements.txt
+# --require-hashes: every package must be in the lock, pinned, with a matching hash (a missing or
+# changed one stops the build). --only-binary: every dependency ships wheels for CPython 3.11 on
+# amd64 and arm64, so nothing is compiled; if one ever has to be built from source, this is the
+# stage to add build-essential to. The environment has no pip of its own: the image's pip
+# installs into it. The project itself is not installed (it runs from source), so a change under
+# service/ does not rebuild this layer.
+RUN python -m venv --without-pip /opt/venv \
+    && pip --python /opt/venv/bin/python install --no-cache-dir --require-hashes --only-binary=:all: \
+        --requirement requirements.lock
 
 # ---- runtime ---------------------------------------------------------------------------------
 FROM python:3.11-slim-bookworm AS runtime
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_NO_CACHE_DIR=1
-
-# The wheels are bind-mounted from the build stage, so they never become a layer of this image.
-RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-index --no-cache-dir --find-links=/wheels --requirement /wheels/requirements.txt
+    PATH=/opt/venv/bin:$PATH
 
 # A fixed, unprivileged uid/gid (10001), so volume and Kubernetes securityContext settings can
-# name it. The code stays owned by root: the service cannot rewrite itself.
+# name it. The code and the environment stay owned by root: the service cannot rewrite itself.
 RUN groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin app
+
+COPY --from=build /opt/venv /opt/venv
 
 WORKDIR /app
 COPY service/ ./service/

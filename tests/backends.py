@@ -1,8 +1,10 @@
 """Where the tests' PostgreSQL and Redis come from.
 
 With a reachable Docker engine and no TEST_DATABASE_URL / TEST_REDIS_URL, each is a throwaway
-testcontainers container; otherwise the URL given, defaulting to the local servers. The choice
-is a pure function (tested in test_backends.py); starting containers follows testcontainers'
+testcontainers container; otherwise the URL given, defaulting to the local servers.
+TEST_BACKENDS=containers insists on containers for both (and fails without an engine), so a run
+meant to prove the container path cannot quietly fall back to local servers. The choice is a
+pure function (tested in test_backends.py); starting containers follows testcontainers'
 documented usage.
 """
 
@@ -39,6 +41,14 @@ def choose(environ: Mapping[str, str], variable: str, local_default: str, docker
     return None if docker_reachable else local_default
 
 
+def containers_required(environ: Mapping[str, str]) -> bool:
+    """Whether TEST_BACKENDS asks for containers whatever else is set."""
+    mode = environ.get("TEST_BACKENDS", "")
+    if mode not in ("", "containers"):
+        raise ValueError(f"TEST_BACKENDS must be empty or 'containers', not {mode!r}")
+    return mode == "containers"
+
+
 def start_postgres(stack: ExitStack) -> str:
     from testcontainers.community.postgres import PostgresContainer
 
@@ -57,6 +67,10 @@ def start_redis(stack: ExitStack) -> str:
 def resolve(stack: ExitStack, environ: Mapping[str, str] | None = None) -> tuple[str, str]:
     """(admin database URL, Redis URL) for this test run, starting containers where chosen."""
     environ = os.environ if environ is None else environ
+    if containers_required(environ):
+        if not docker_engine_reachable():
+            raise RuntimeError("TEST_BACKENDS=containers, but no Docker engine is reachable (DOCKER_HOST?)")
+        return start_postgres(stack), start_redis(stack)
     reachable = docker_engine_reachable() if not (environ.get("TEST_DATABASE_URL") and
                                                   environ.get("TEST_REDIS_URL")) else False
     database = choose(environ, "TEST_DATABASE_URL", LOCAL_DATABASE_URL, reachable) or start_postgres(stack)

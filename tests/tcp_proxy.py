@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from urllib.parse import urlsplit, urlunsplit
 
 
 class TcpProxy:
@@ -58,3 +59,12 @@ class TcpProxy:
 
     async def close(self) -> None:
         await self.cut()
+
+
+def url_through(url: str, proxy: TcpProxy) -> str:
+    """`url` with its host and port replaced by the proxy's; user and password kept (a server
+    with password authentication, such as a testcontainers one, needs both)."""
+    parts = urlsplit(url)
+    credentials, _, _ = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"{credentials}@127.0.0.1:{proxy.port}" if credentials
+                                     else f"127.0.0.1:{proxy.port}"))

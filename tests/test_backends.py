@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 
+import pytest
+
 from tests import backends
 
 
@@ -28,6 +30,14 @@ def test_given_both_urls_no_container_is_started():
     env = {"TEST_DATABASE_URL": "postgresql://a@b/c", "TEST_REDIS_URL": "redis://d:1/0"}
     with ExitStack() as stack:
         assert backends.resolve(stack, env) == ("postgresql://a@b/c", "redis://d:1/0")
+
+
+def test_test_backends_containers_is_the_only_mode_besides_automatic() -> None:
+    assert backends.containers_required({"TEST_BACKENDS": "containers"}) is True
+    assert backends.containers_required({}) is False
+    assert backends.containers_required({"TEST_BACKENDS": ""}) is False
+    with pytest.raises(ValueError, match="TEST_BACKENDS"):
+        backends.containers_required({"TEST_BACKENDS": "local"})
 
 
 def test_docker_probe_answers_without_raising():

@@ -1,4 +1,5 @@
-"""The deployment files (docs/api.md §7): Dockerfile, .dockerignore and compose.yaml, checked without an engine.
+"""The deployment files (docs/api.md §7): Dockerfile, .dockerignore, requirements.lock and compose.yaml,
+checked without an engine (tests/test_compose_stack.py starts them on one).
 
 compose.yaml's wiring is read with PyYAML and validated by docker-compose (v1, Debian's package)
 when it is installed; the Dockerfile is parsed here and linted by hadolint; and the exact command
@@ -26,6 +27,8 @@ import httpx
 import pytest
 import redis
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from service.settings import ENVIRONMENT_VARIABLES, Settings, load_settings
 from service.store.migrate import SCHEMA_PATH
@@ -34,6 +37,7 @@ from tests.servers import ROOT, free_port
 COMPOSE_FILE = ROOT / "compose.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
+LOCK = ROOT / "requirements.lock"
 ENTRY_POINT = ["python", "-m", "service"]
 MIN_REDIS = (7, 2)  # WAITAOF
 COMPILERS = ("gcc", "g++", "clang", "build-essential", "make", "python3-dev", "libpq-dev")
@@ -299,20 +303,30 @@ def test_dockerfile_stages_are_official_python_slim():
     assert re.search(r" AS \w+$", build[0][1], re.IGNORECASE), "the build stage is named"
 
 
-def test_dockerfile_build_stage_makes_wheels_of_exactly_the_project_dependencies(tmp_path: Path):
+def test_dockerfile_has_no_syntax_directive_and_needs_no_buildkit() -> None:
+    # A `# syntax=` line makes every BuildKit build fetch that frontend from a registry first.
+    first_lines = DOCKERFILE.read_text(encoding="utf-8").splitlines()
+    directives = [line for line in first_lines[:5] if re.match(r"#\s*syntax\s*=", line, re.IGNORECASE)]
+    assert directives == [], "an offline or mirror-only build would fail before its first step"
+    # RUN --mount stops the legacy builder (docker-compose v1's default); heredocs too
+    for instruction, arguments in dockerfile_instructions():
+        flags, _ = flags_and_rest(arguments)
+        assert instruction != "RUN" or not flags, f"RUN {arguments}: needs BuildKit"
+        assert "<<" not in arguments, f"{instruction} {arguments}: a heredoc needs BuildKit"
+
+
+def test_dockerfile_build_stage_installs_exactly_the_locked_versions() -> None:
     build = dockerfile_stages()[0]
-    assert ("COPY", "pyproject.toml ./") in build
-    runs = " ".join(arguments for instruction, arguments in build if instruction == "RUN")
-    assert "pip wheel" in runs
-    # The requirement list is extracted by a `python -c` one-liner: run it on our pyproject.toml.
-    words = shlex.split(runs)
-    script = words[words.index("python") + 2]
-    assert words[words.index("python") + 1] == "-c"
-    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
-    printed = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
-                             check=True, timeout=30).stdout.splitlines()
-    with (ROOT / "pyproject.toml").open("rb") as file:
-        assert printed == tomllib.load(file)["project"]["dependencies"]
+    assert ("COPY", "requirements.lock ./") in build
+    runs = [arguments for instruction, arguments in build if instruction == "RUN"]
+    installs = [re.search(r"pip .*install[^&;]*", run) for run in runs]
+    installs_found = [match[0] for match in installs if match]
+    assert len(installs_found) == 1, runs
+    install = shlex.split(installs_found[0])
+    assert "--require-hashes" in install, "every package checked against the lock's hashes"
+    assert "--only-binary=:all:" in install, "nothing compiled: a missing wheel fails the build"
+    assert install[install.index("--requirement") + 1] == "requirements.lock"
+    assert "--python" in install and install[install.index("--python") + 1] == "/opt/venv/bin/python"
 
 
 def test_dockerfile_runtime_stage_runs_the_service_as_a_non_root_user():
@@ -382,26 +396,73 @@ def test_dockerfile_copies_every_file_the_entry_point_needs():
         assert copied.get(file) == f"{workdir}/{file}", f"{file} is not copied to {workdir}/{file}"
 
 
-def test_dockerfile_final_stage_has_no_build_tools_or_pip_cache():
+def test_dockerfile_final_stage_has_no_build_tools_pip_cache_or_installer() -> None:
     final = dockerfile_stages()[-1]
-    env = " ".join(final_stage_value("ENV"))
-    installs = 0
+    copied_from_build = []
     for instruction, arguments in final:
         if instruction == "RUN":
-            flags, command = flags_and_rest(arguments)
             for tool in COMPILERS:
-                assert not re.search(rf"(^|\s){re.escape(tool)}(\s|=|$)", command), f"{tool} in the final stage"
-            for install in re.findall(r"pip install[^&;]*", command):
-                installs += 1
-                assert "--no-index" in install, "the final stage installs the build stage's wheels only"
-                assert "--no-cache-dir" in install or "PIP_NO_CACHE_DIR=1" in env
-                assert any(name == "mount" and value.startswith("type=bind") and "from=" in value
-                           for name, value in flags), \
-                    "wheels are bind-mounted from the build stage, so they never become a layer"
+                assert not re.search(rf"(^|\s){re.escape(tool)}(\s|=|$)", arguments), f"{tool} in the final stage"
+            assert "pip " not in arguments, "the final stage installs nothing: it copies the build stage's environment"
         if instruction in {"COPY", "ADD"}:
-            flags, _ = flags_and_rest(arguments)
-            assert "from" not in dict(flags), "nothing from the build stage is copied into a layer"
-    assert installs == 1
+            flags, rest = flags_and_rest(arguments)
+            if "from" in dict(flags):
+                copied_from_build.append(rest)
+    # the installed packages only: no wheels, no pip cache, no pip (the venv is made --without-pip)
+    assert copied_from_build == ["/opt/venv /opt/venv"]
+    build_runs = " ".join(arguments for instruction, arguments in dockerfile_stages()[0] if instruction == "RUN")
+    assert "venv --without-pip /opt/venv" in build_runs and "--no-cache-dir" in build_runs
+    assert "PATH=/opt/venv/bin:$PATH" in " ".join(final_stage_value("ENV")), "`python` is the environment's"
+
+
+# ---- requirements.lock ------------------------------------------------------------------------
+
+def locked() -> dict[str, tuple[Requirement, list[str]]]:
+    """Normalised name -> (the lock's requirement, its hashes); continuations joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", LOCK.read_text(encoding="utf-8"))
+    entries: dict[str, tuple[Requirement, list[str]]] = {}
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        requirement, *hashes = line.split(" --hash=")
+        parsed = Requirement(requirement.strip())
+        assert canonicalize_name(parsed.name) not in entries, f"{parsed.name} is locked twice"
+        entries[canonicalize_name(parsed.name)] = (parsed, [value.strip() for value in hashes])
+    return entries
+
+
+def test_lock_pins_every_package_to_one_version_with_hashes() -> None:
+    entries = locked()
+    assert entries
+    for name, (requirement, hashes) in entries.items():
+        specifiers = list(requirement.specifier)
+        assert len(specifiers) == 1 and specifiers[0].operator == "==", f"{name} is not pinned: {requirement}"
+        assert hashes and all(re.fullmatch(r"sha256:[0-9a-f]{64}", value) for value in hashes), name
+
+
+def test_lock_satisfies_every_runtime_dependency_of_pyproject() -> None:
+    with (ROOT / "pyproject.toml").open("rb") as file:
+        dependencies = [Requirement(value) for value in tomllib.load(file)["project"]["dependencies"]]
+    entries = locked()
+    for dependency in dependencies:
+        name = canonicalize_name(dependency.name)
+        assert name in entries, f"{dependency} is not in {LOCK.name}; refresh it (README, 'The image')"
+        version = next(iter(entries[name][0].specifier)).version
+        assert dependency.specifier.contains(version, prereleases=True), \
+            f"{LOCK.name} pins {name} {version}, outside {dependency}; refresh it"
+        assert str(entries[name][0].marker or "") == str(dependency.marker or ""), name
+        for extra in dependency.extras:  # e.g. redis[hiredis]: what the extra adds is locked too
+            assert canonicalize_name(extra) in entries, f"{dependency}: {extra} is not locked"
+
+
+def test_lock_header_is_readmes_refresh_command() -> None:
+    header = LOCK.read_text(encoding="utf-8").splitlines()[:3]
+    commands = [line.lstrip("# ").strip() for line in header if "uv pip compile" in line]
+    assert len(commands) == 1, header
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert re.search(rf"^{re.escape(commands[0])}\s", readme, re.MULTILINE), \
+        f"README's refresh command is not the one that wrote {LOCK.name}: {commands[0]}"
+    assert "--generate-hashes" in commands[0].split()
 
 
 def _dockerignore_regex(pattern: str) -> re.Pattern[str]:
@@ -439,10 +500,11 @@ def dockerignored(path: str, patterns: list[str]) -> bool:
 def test_dockerignore_sends_what_the_image_copies_and_nothing_else():
     patterns = [line.strip() for line in DOCKERIGNORE.read_text(encoding="utf-8").splitlines()
                 if line.strip() and not line.lstrip().startswith("#")]
-    for file in [*_copy_destinations(), "pyproject.toml"]:
+    for file in [*_copy_destinations(), "requirements.lock"]:
         assert not dockerignored(file, patterns), f"{file} is COPY'd but .dockerignore leaves it out"
-    for file in (".venv/bin/python", ".git/HEAD", "tests/conftest.py", ".pytest_cache/v/cache/nodeids",
-                 ".ruff_cache/CACHEDIR.TAG", ".hypothesis/examples/x", "benchmarks/results/run.json",
+    for file in ("pyproject.toml", ".venv/bin/python", ".git/HEAD", "tests/conftest.py",
+                 ".pytest_cache/v/cache/nodeids", ".ruff_cache/CACHEDIR.TAG", ".hypothesis/examples/x",
+                 "benchmarks/results/run.json",
                  "service/__pycache__/app.cpython-311.pyc", ".env", "conversations_service.egg-info/PKG-INFO"):
         assert dockerignored(file, patterns), f"{file} would be sent to the builder"
 

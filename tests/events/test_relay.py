@@ -7,7 +7,7 @@ import logging
 import signal
 import time
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
@@ -20,7 +20,7 @@ from tests.asgi import Lifespan, client_for
 from tests.conftest import Account, wait_for
 from tests.servers import RedisServer, ServiceProcess
 from tests.stream_helpers import entries, wait_for_entries
-from tests.tcp_proxy import TcpProxy
+from tests.tcp_proxy import TcpProxy, url_through
 
 
 def leaders(*apps) -> list:
@@ -113,7 +113,7 @@ async def test_relay_waits_out_a_postgres_outage_and_resumes(
         settings: Settings, account: Account, redis_client, caplog):
     target = urlsplit(settings.database_url)
     proxy = await TcpProxy(target.hostname or "127.0.0.1", target.port or 5432).start()
-    relay_url = urlunsplit(target._replace(netloc=f"{target.username}@127.0.0.1:{proxy.port}"))
+    relay_url = url_through(settings.database_url, proxy)
     settings = msgspec.structs.replace(settings, relay_database_url=relay_url, db_statement_timeout=2.0)
     try:
         async with Lifespan(app := create_app(settings)), client_for(app, account.token) as api:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import asyncpg
 import msgspec
@@ -15,7 +15,7 @@ from service.http.app import create_app
 from service.settings import Settings
 from tests.asgi import Lifespan, client_for
 from tests.conftest import Account, Backends, migrated_database, new_account, wait_for
-from tests.tcp_proxy import TcpProxy
+from tests.tcp_proxy import TcpProxy, url_through
 
 
 @pytest.fixture
@@ -28,8 +28,7 @@ async def proxy(settings: Settings) -> AsyncIterator[TcpProxy]:
 
 def through(settings: Settings, proxy: TcpProxy) -> Settings:
     """The same settings, with the request pool (not the relay) reaching PostgreSQL via `proxy`."""
-    target = urlsplit(settings.database_url)
-    proxied = urlunsplit(target._replace(netloc=f"{target.username}@127.0.0.1:{proxy.port}"))
+    proxied = url_through(settings.database_url, proxy)
     return msgspec.structs.replace(settings, database_url=proxied, relay_database_url=settings.database_url,
                                    db_connect_timeout=1.0, db_acquire_timeout=2.0, db_statement_timeout=2.0)
 
