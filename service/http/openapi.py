@@ -1,10 +1,9 @@
-"""The OpenAPI 3.1 document and the interactive docs page, both under /schema.
+"""The OpenAPI 3.1 document's paths, and the interactive docs page, both under /schema.
 
-The document is assembled here rather than inferred by Litestar, because the handlers decode
-bodies and queries themselves (wire.py) and Litestar would describe neither the form encoding
-nor the contract's error bodies. Schemas come from the very Structs the code decodes and encodes
-(msgspec.json.schema_components), so they cannot drift from the code; the tests
-checks the paths against the app's routes and real responses against the schemas.
+The document is assembled here rather than inferred by Litestar, because the mount decodes
+bodies and queries itself (decoding.py) and Litestar would describe neither the form encoding
+nor the contract's error bodies. The schemas are openapi_schemas.py's; the tests check the paths
+against the app's dispatch table and real responses against the schemas.
 """
 
 from __future__ import annotations
@@ -16,34 +15,15 @@ import msgspec
 from litestar import MediaType, get
 from litestar.response.base import ASGIResponse
 
-from service.errors import ConflictErrorBody, ErrorBody
+from service.http import openapi_schemas
 from service.http.decoding import FORM_MEDIA_TYPE, JSON_MEDIA_TYPE
 from service.http.idempotency import KEY_PATTERN
 from service.http.limits import MAX_BODY_BYTES
-from service.http.status import Health, Readiness
+from service.http.openapi_schemas import REF, json_content, ref
 from service.ids import EVENT_ID_PREFIX, ID_REGEX
-from service.model import (
-    MAX_TIMESTAMP,
-    ActivityPage,
-    Conversation,
-    ConversationCreate,
-    ConversationEvent,
-    ConversationPage,
-    ConversationUpdate,
-    EventListParams,
-    EventPage,
-    ListParams,
-)
+from service.model import EventListParams, ListParams
 
 OPENAPI_PATH = "/schema/openapi.json"
-_REF = "#/components/schemas/{name}"
-
-SEED_CONVERSATION = {
-    "id": "xgQQXg3hrtjh7AvZ", "contact_id": "WAz8eIbvDR60rouK", "group_id": None, "pinned_message_id": None,
-    "is_pinned": False, "is_muted": False, "last_active_at": 705103200, "last_opened_at": 705103200,
-    "created_at": 692233200, "archived_at": None,
-}
-
 DESCRIPTION = """\
 Conversations between an account and its contacts or groups.
 
@@ -69,84 +49,6 @@ see docs/asyncapi.yaml.
 """
 
 
-def _schemas() -> dict[str, Any]:
-    structs = [Conversation, ConversationPage, ActivityPage, ConversationEvent, EventPage, ErrorBody,
-               ConflictErrorBody, ConversationCreate,
-               ConversationUpdate, Health, Readiness]
-    _, components = msgspec.json.schema_components(structs, ref_template=_REF)
-    create = components["ConversationCreate"]
-    # docs/api.md §3: exactly one of the two; the Struct cannot say it, the schema can.
-    create["oneOf"] = [{"required": [name], "properties": {name: {"type": "string"}}}
-                       for name in ("contact_id", "group_id")]
-    components["ConversationCreateForm"] = _form_schema(create)
-    components["ConversationUpdateForm"] = _form_schema(components["ConversationUpdate"])
-    components["Conversation"]["examples"] = [SEED_CONVERSATION]
-    components["ConversationPage"]["examples"] = [{"has_more": False, "data": [SEED_CONVERSATION]}]
-    components["ActivityPage"]["examples"] = [{
-        "has_more": False, "data": [SEED_CONVERSATION], "next_cursor": "act_0_705103200_xgQQXg3hrtjh7AvZ",
-        "previous_cursor": "act_0_705103200_xgQQXg3hrtjh7AvZ"}]
-    components["ErrorBody"]["examples"] = [
-        {"type": "invalid_request", "message": "limit must be an integer between 1 and 100", "param": "limit"}]
-    return components
-
-
-def digits_at_most(limit: int) -> str:
-    """A regex for decimal numbers from 0 to `limit` (leading zeros allowed, 20 digits at most).
-
-    The form decoder reads any run of up to 20 digits as an integer; JSON Schema has no
-    `maximum` for a string, so the bound is spelt out digit by digit.
-    """
-    digits = str(limit)
-    alternatives = [f"[0-9]{{1,{len(digits) - 1}}}"] if len(digits) > 1 else []
-    for position, digit in enumerate(digits):
-        if digit != "0":
-            rest = len(digits) - position - 1
-            lower, upper = (0 if position else 1), int(digit) - 1
-            if upper >= lower:
-                below = str(upper) if upper == lower else f"[{lower}-{upper}]"
-                alternatives.append(digits[:position] + below + (f"[0-9]{{{rest}}}" if rest else ""))
-    alternatives.append(digits)
-    return f"^(?=[0-9]{{1,20}}$)0*(?:{'|'.join(alternatives)})$"
-
-
-_FORM_BOOLEAN = {"type": "string", "enum": ["true", "false"]}
-_FORM_TIMESTAMP = {"type": "string", "pattern": digits_at_most(MAX_TIMESTAMP),
-                   "description": f"decimal digits, 0 to {MAX_TIMESTAMP}"}
-_FORM_NULL = {"type": "string", "enum": [""], "description": "an empty value means null"}
-
-
-def _form_value(schema: dict[str, Any]) -> dict[str, Any]:
-    """The form-data spelling of one JSON value schema (docs/api.md §3: true/false, digits, empty = null)."""
-    if "anyOf" in schema:
-        return {"anyOf": [_form_value(member) for member in schema["anyOf"]]}
-    kind = schema.get("type")
-    if kind == "boolean":
-        return dict(_FORM_BOOLEAN)
-    if kind == "integer":
-        return dict(_FORM_TIMESTAMP)
-    if kind == "null":
-        return dict(_FORM_NULL)
-    return {key: value for key, value in schema.items() if key != "examples"}
-
-
-def _form_schema(json_schema: dict[str, Any]) -> dict[str, Any]:
-    form = copy.deepcopy(json_schema)
-    form["title"] = json_schema["title"] + "Form"
-    form["properties"] = {name: _form_value(value) for name, value in json_schema["properties"].items()}
-    if "oneOf" in json_schema:  # exactly one party; in a form, an empty value is no value
-        form["oneOf"] = [{"required": [name], "properties": {name: {"minLength": 1}}}
-                         for name in ("contact_id", "group_id")]
-    return form
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": _REF.format(name=name)}
-
-
-def _json(name: str) -> dict[str, Any]:
-    return {JSON_MEDIA_TYPE: {"schema": _ref(name)}}
-
-
 _ERROR_DESCRIPTIONS = {
     400: "A bad attribute, body or query string (`param` names the attribute).",
     401: "Missing, unknown or revoked token.",
@@ -166,7 +68,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
     responses: dict[str, Any] = {}
     for status in (*statuses, 401, 500, 503):
         response: dict[str, Any] = {"description": _ERROR_DESCRIPTIONS[status],
-                                    "content": _json("ConflictErrorBody" if status == 409 else "ErrorBody")}
+                                    "content": json_content("ConflictErrorBody" if status == 409 else "ErrorBody")}
         if status == 401:
             response["headers"] = {"WWW-Authenticate": {"schema": {"type": "string", "const": "Bearer"}}}
         if status == 503:
@@ -177,7 +79,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
 
 def _request_body(name: str, required: bool) -> dict[str, Any]:
     return {"required": required,
-            "content": {JSON_MEDIA_TYPE: {"schema": _ref(name)}, FORM_MEDIA_TYPE: {"schema": _ref(name + "Form")}}}
+            "content": {JSON_MEDIA_TYPE: {"schema": ref(name)}, FORM_MEDIA_TYPE: {"schema": ref(name + "Form")}}}
 
 
 _IDEMPOTENCY_KEY_PARAMETER = {
@@ -253,11 +155,11 @@ def _event_parameters(list_schema: dict[str, Any]) -> list[dict[str, Any]]:
 
 def build_document() -> dict[str, Any]:
     """The whole OpenAPI 3.1 document, as a plain JSON-ready object."""
-    schemas = _schemas()
-    _, list_components = msgspec.json.schema_components([ListParams], ref_template=_REF)
-    _, event_components = msgspec.json.schema_components([EventListParams], ref_template=_REF)
+    schemas = openapi_schemas.schemas()
+    _, list_components = msgspec.json.schema_components([ListParams], ref_template=REF)
+    _, event_components = msgspec.json.schema_components([EventListParams], ref_template=REF)
     bearer = [{"bearerAuth": []}]
-    conversation_200 = {"description": "The conversation.", "content": _json("Conversation"),
+    conversation_200 = {"description": "The conversation.", "content": json_content("Conversation"),
                         "headers": {**_ETAG_HEADER, **_REPLAYED_HEADER}}
     tags = ["conversations"]
     item_errors = _errors(400, 404)
@@ -267,7 +169,7 @@ def build_document() -> dict[str, Any]:
                     "tags": tags, "security": bearer, "parameters": _list_parameters(list_components["ListParams"]),
                     "responses": {"200": {"description": "A page of conversations (ActivityPage with order=activity).",
                                           "content": {JSON_MEDIA_TYPE: {"schema": {"anyOf": [
-                                              _ref("ConversationPage"), _ref("ActivityPage")]}}}},
+                                              ref("ConversationPage"), ref("ActivityPage")]}}}},
                                   **_errors(400)}},
             "post": {"operationId": "createConversation", "summary": "Create a conversation with a contact or group",
                      "tags": tags, "security": bearer, "parameters": [_IDEMPOTENCY_KEY_PARAMETER],
@@ -303,24 +205,24 @@ def build_document() -> dict[str, Any]:
                                     "you have>: nothing that commits later is ever placed before it."),
                     "tags": ["events"], "security": bearer,
                     "parameters": _event_parameters(event_components["EventListParams"]),
-                    "responses": {"200": {"description": "A page of events.", "content": _json("EventPage")},
+                    "responses": {"200": {"description": "A page of events.", "content": json_content("EventPage")},
                                   **_errors(400, 410)}},
         },
         "/v1/events/{event_id}": {
             "parameters": [_EVENT_ID_PARAMETER],
             "get": {"operationId": "retrieveEvent", "summary": "Retrieve an event of the feed", "tags": ["events"],
                     "security": bearer, "responses": {"200": {"description": "The event.",
-                                                              "content": _json("ConversationEvent")},
+                                                              "content": json_content("ConversationEvent")},
                                                       **_errors(400, 404)}},
         },
         "/health": {"get": {"operationId": "health", "summary": "Liveness: the process answers",
                             "tags": ["operations"], "security": [],
-                            "responses": {"200": {"description": "Alive.", "content": _json("Health")}}}},
+                            "responses": {"200": {"description": "Alive.", "content": json_content("Health")}}}},
         "/ready": {"get": {"operationId": "ready", "summary": "Readiness: PostgreSQL reachable",
                            "tags": ["operations"], "security": [],
-                           "responses": {"200": {"description": "Ready.", "content": _json("Readiness")},
+                           "responses": {"200": {"description": "Ready.", "content": json_content("Readiness")},
                                          "503": {"description": "PostgreSQL is unreachable.",
-                                                 "content": _json("Readiness")}}}},
+                                                 "content": json_content("Readiness")}}}},
         "/metrics": {"get": {"operationId": "metrics", "summary": "Prometheus metrics of every worker",
                              "tags": ["operations"], "security": [],
                              "responses": {"200": {"description": "Prometheus text format.",

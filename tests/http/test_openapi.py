@@ -13,7 +13,7 @@ from openapi_spec_validator import validate
 
 from service.errors import ErrorBody
 from service.http.endpoints import MOUNT_PATH, ROUTES
-from service.http.openapi import digits_at_most
+from service.http.openapi_schemas import digits_at_most
 from service.model import MAX_TIMESTAMP, Conversation, ConversationCreate, ConversationUpdate, ListParams
 
 DOCUMENTED_ELSEWHERE = {"/schema", "/schema/openapi.json"}  # the document does not describe itself
