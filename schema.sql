@@ -117,9 +117,9 @@ $$;
 
 -- The event log behind GET /v1/events (service/store/event_log.py): the relay moves each
 -- published outbox row here, stamped with a batch number that relays draw one move at a time,
--- which with `position` orders the feed. Partitioned by day of occurred_at: the service creates the
--- coming days' partitions and drops those past the feed's window (EVENTS_FEED_DAYS), so expiry
--- deletes no rows one by one. The default partition only catches a day that has none yet.
+-- which with `position` orders the feed. Partitioned by week of occurred_at: the service creates the
+-- coming weeks' partitions and drops those past the feed's window (EVENTS_FEED_DAYS), so expiry
+-- deletes no rows one by one. The default partition only catches a week that has none yet.
 CREATE SEQUENCE IF NOT EXISTS event_log_batch_seq;
 CREATE TABLE IF NOT EXISTS event_log (
     batch                bigint NOT NULL,

@@ -1,11 +1,13 @@
 -- wrk load script of benchmarks/run.py (one scenario per run).
 --
--- Environment: SCENARIO (get | list | cursor | update | create), DATA (a folder with
+-- Environment: SCENARIO (get | list | cursor | activity | feed | update | create), DATA (a folder with
 -- tokens.txt, one bearer token per line, and ids.txt, lines "<token line> <conversation id>"),
 -- NONCE (makes created contact ids unique across runs).
 -- Each request uses a random account and, where it needs one, a random id of that account.
 -- `cursor` walks pages with starting_after (the last id of the page it got) while has_more,
--- then restarts at a random id. done() prints one line "RESULT {json}".
+-- then restarts at a random id; `activity` walks the inbox order with each page's next_cursor,
+-- `feed` the events feed with the last event id of each page, both restarting at the first
+-- page. done() prints one line "RESULT {json}".
 
 local scenario = os.getenv("SCENARIO") or "get"
 local data = os.getenv("DATA") or "."
@@ -55,6 +57,16 @@ request = function()
       end
       table.insert(pending, account)
       return wrk.format("GET", "/v1/conversations?limit=10&starting_after=" .. id, headers)
+   elseif scenario == "activity" or scenario == "feed" then
+      local walk = table.remove(walks)
+      local path = scenario == "activity" and "/v1/conversations?order=activity&limit=10" or "/v1/events?limit=10"
+      if walk ~= nil then
+         account = walk[1]
+         headers = {["Authorization"] = account.token}
+         path = path .. "&starting_after=" .. walk[2]
+      end
+      table.insert(pending, account)
+      return wrk.format("GET", path, headers)
    elseif scenario == "update" then
       headers["Content-Type"] = "application/json"
       local body = string.format('{"is_muted":%s,"last_opened_at":%d}',
@@ -78,6 +90,17 @@ response = function(status, headers, body)
       for id in body:gmatch('"id":"(%w+)"') do last = id end
       if account ~= nil and last ~= nil and body:find('"has_more":true', 1, true) then
          table.insert(walks, {account, last})
+      end
+   elseif scenario == "activity" or scenario == "feed" then
+      local account = table.remove(pending, 1)
+      local next = nil
+      if scenario == "activity" then
+         next = body:match('"next_cursor":"([%w_]+)"')
+      else
+         for id in body:gmatch('"id":"(evt_%w+)"') do next = id end
+      end
+      if account ~= nil and next ~= nil and body:find('"has_more":true', 1, true) then
+         table.insert(walks, {account, next})
       end
    end
 end

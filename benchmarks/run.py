@@ -14,8 +14,9 @@ What a run does:
      server's processes and PostgreSQL used from /proc (microseconds per request);
   4. the event-latency probe: creates at a light, steady rate, each timed from its HTTP response
      to its entry's arrival on the stream (XREAD BLOCK from a separate connection);
-  5. with --scale N: an account with 1,000 conversations and one with N, the cursor scenario on
-     each, and EXPLAIN (ANALYZE, BUFFERS) of a page deep in each;
+  5. with --scale N: an account with 1,000 conversations (and as many events in the feed's log)
+     and one with N; on each, the cursor, activity-order and feed walks, and EXPLAIN (ANALYZE,
+     BUFFERS) of a page deep in each order;
   6. the server's RSS per worker after all that; then it stops the server and drops the database.
 
 Needs only PostgreSQL (127.0.0.1:5432, trust auth), Redis (127.0.0.1:6379) and wrk.
@@ -51,7 +52,8 @@ from service.settings import Settings  # noqa: E402
 from service.store.migrate import migrate  # noqa: E402
 from service.tokens import create_token  # noqa: E402
 
-SCENARIOS = ("get", "list", "cursor", "update", "create")
+SCENARIOS = ("get", "list", "cursor", "activity", "update", "create")
+SCALE_SCENARIOS = ("cursor", "activity", "feed")
 LOAD_SCRIPT = Path(__file__).resolve().parent / "load.lua"
 SEED_NOW_MS = 1_760_000_000_000
 
@@ -234,12 +236,41 @@ async def event_latency(port: int, token: str, redis_url: str, stream: str, coun
             "rate_per_s": rate}
 
 
-async def explain_deep_page(url: str, account: str, cursor: str) -> dict:
+async def seed_event_log(url: str, account: str, count: int) -> None:
+    """`count` published events of `account` in the feed's log (today's partition), 500 a batch."""
     connection = await asyncpg.connect(url)
     try:
-        plan = await connection.fetchval(
-            "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) SELECT id FROM conversations "
-            "WHERE account_id = $1 AND id < $2 ORDER BY id DESC LIMIT 11", account, cursor)
+        await connection.execute(
+            "INSERT INTO event_log (batch, stream, position, event_id, type, account_id, conversation_id, "
+            "occurred_at, sequence, schema_version, is_pinned, is_muted, created_at) "
+            "SELECT 1000000000 + g / 500, 'bench', g, 'evt_' || lpad(g::text, 16, '0'), 'conversation.created', $1, "
+            "lpad(g::text, 16, '0'), floor(extract(epoch FROM now()))::bigint, 1, 1, false, false, "
+            "floor(extract(epoch FROM now()))::bigint FROM generate_series(1, $2) g", account, count)
+        await connection.execute("VACUUM ANALYZE event_log")
+    finally:
+        await connection.close()
+
+
+DEEP_PAGES = {
+    # order -> (a page deep in it, its arguments: a position near the middle of the account's
+    # conversations or seeded events, from their ids and count)
+    "cursor": ("SELECT id FROM conversations WHERE account_id = $1 AND id < $2 ORDER BY id DESC LIMIT 11",
+               lambda ids, size: [sorted(ids)[len(ids) // 2]]),
+    "activity": ("SELECT id FROM conversations WHERE account_id = $1 "
+                 "AND (is_pinned, COALESCE(last_active_at, -1), id) < ($2, $3, $4) "
+                 "ORDER BY is_pinned DESC, COALESCE(last_active_at, -1) DESC, id DESC LIMIT 11",
+                 lambda ids, size: [False, SEED_NOW_MS // 2000, sorted(ids)[len(ids) // 2]]),
+    "feed": ("SELECT event_id FROM event_log WHERE account_id = $1 AND (batch, position) < ($2, $3) "
+             "ORDER BY batch DESC, position DESC LIMIT 11", lambda ids, size: [1000000000 + size // 1000, size // 2]),
+}
+
+
+async def explain_deep_page(url: str, account: str, order: str, ids: list[str], size: int) -> dict:
+    statement, arguments = DEEP_PAGES[order]
+    connection = await asyncpg.connect(url)
+    try:
+        plan = await connection.fetchval(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {statement}", account,
+                                         *arguments(ids, size))
     finally:
         await connection.close()
     top = json.loads(plan)[0]
@@ -263,7 +294,7 @@ def table(report: Report) -> str:
                       f"{e['rate_per_s']:.0f}/s: p50 {e['p50_ms']} ms, p99 {e['p99_ms']} ms, max {e['max_ms']} ms, "
                       f"{e['arrived']}/{e['events']} arrived"]
     if report.scale:
-        lines += ["", "cursor pages by account size:"]
+        lines += ["", "pages by account size (creation-order cursor, activity order, events feed):"]
         for name, values in report.scale.items():
             lines.append(f"  {name:<22} {values}")
     if report.rss_mb:
@@ -302,12 +333,13 @@ async def main(args: argparse.Namespace) -> Report:
                                                           args.latency_probe, rate=50)
         if args.scale:
             for account in ("acct_small", "acct_big"):
+                await seed_event_log(url, account, sizes[account])
                 folder = write_load_data(work / account, [tokens[account]], [ids[account]])
-                run = measure(server, "cursor", folder, args)
-                deep = sorted(ids[account])[len(ids[account]) // 2]
-                report.scale[f"{account} ({sizes[account]:,})"] = {
-                    "req_s": round(run.rate), "p50_ms": run.p50_ms, "p99_ms": run.p99_ms,
-                    "explain": await explain_deep_page(url, account, deep)}
+                for order in SCALE_SCENARIOS:
+                    run = measure(server, order, folder, args)
+                    report.scale[f"{order:<8} {account} ({sizes[account]:,})"] = {
+                        "req_s": round(run.rate), "p50_ms": run.p50_ms, "p99_ms": run.p99_ms,
+                        "explain": await explain_deep_page(url, account, order, ids[account], sizes[account])}
         report.rss_mb = rss_mb(server.worker_pids())
     finally:
         if server is not None:

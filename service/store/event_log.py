@@ -10,11 +10,11 @@ whatever commits meanwhile. One leader moves a stream's rows, batch after batch,
 conversation's rows in commit order, so the feed keeps each conversation's events in sequence
 order.
 
-The log is partitioned by day of `occurred_at`; `maintain` (run by migrate, then hourly by each
-process) creates the coming days' partitions and drops those past the window, so expiry costs
+The log is partitioned by week of `occurred_at`; `maintain` (run by migrate, then hourly by each
+process) creates the coming weeks' partitions and drops those past the window, so expiry costs
 no per-row deletes. Lookups: the feed's order
 is `event_log_feed_idx` (account_id, batch, position); an event by id is
-`event_log_event_idx` (account_id, event_id), pruned to the partitions of the id's day.
+`event_log_event_idx` (account_id, event_id), pruned to the partition of the id's week.
 """
 
 from __future__ import annotations
@@ -32,8 +32,7 @@ from service.store.database import Executor
 
 logger = logging.getLogger("service.store.event_log")
 
-DAY_SECONDS = 86_400
-PARTITIONS_AHEAD_DAYS = 7
+PARTITIONS_AHEAD_WEEKS = 2
 MAINTENANCE_LOCK_KEY = 0x6C6F672D6D61696E  # "log-main": one maintainer at a time across replicas
 MOVE_LOCK_KEY = 0x6C6F672D6D6F7665  # "log-move": relays move their batches one at a time
 # A row's partition follows occurred_at (the database's clock); an event id's time part is the
@@ -125,8 +124,13 @@ async def fetch_event(db: Executor, account_id: str, event_id: str, around_secon
 # ------------------------------------------------------------------------------- maintenance
 
 
-def _partition_name(day: dt.date) -> str:
-    return f"event_log_{day:%Y%m%d}"
+def _week_of(day: dt.date) -> dt.date:
+    """The Monday that starts `day`'s partition."""
+    return day - dt.timedelta(days=day.weekday())
+
+
+def _partition_name(monday: dt.date) -> str:
+    return f"event_log_{monday:%Y%m%d}"
 
 
 def _epoch(day: dt.date) -> int:
@@ -134,37 +138,38 @@ def _epoch(day: dt.date) -> int:
 
 
 async def maintain(connection: asyncpg.Connection, window_days: int, today: dt.date | None = None) -> None:
-    """Create the partitions of the coming days; drop those wholly past the window.
+    """Create the partitions of this week and the coming ones; drop those wholly past the window.
 
-    One maintainer at a time (a transaction-level advisory lock): replicas skip while another
-    works. Rows that landed in the default partition (a day without a partition) are deleted
-    once past the window.
+    A partition holds a week (Monday to Monday, UTC), so a page of the feed reads a handful of
+    partitions, and events stay at least `window_days` (at most a week more). One maintainer at
+    a time (a transaction-level advisory lock): replicas skip while another works. Rows that
+    landed in the default partition (a week without a partition) are deleted past the window.
     """
     today = today or dt.datetime.now(dt.UTC).date()
     oldest_kept = today - dt.timedelta(days=window_days)
     async with connection.transaction():
-        transaction = connection
-        if not await transaction.fetchval("SELECT pg_try_advisory_xact_lock($1)", MAINTENANCE_LOCK_KEY):
+        if not await connection.fetchval("SELECT pg_try_advisory_xact_lock($1)", MAINTENANCE_LOCK_KEY):
             return
         # Creating or dropping a partition locks the log briefly; never queue behind a long holder.
-        await transaction.execute("SET LOCAL lock_timeout = '1s'")
-        existing = {row[0] for row in await transaction.fetch(
+        await connection.execute("SET LOCAL lock_timeout = '1s'")
+        existing = {row[0] for row in await connection.fetch(
             "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
             "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'event_log'")}
-        for offset in range(-1, PARTITIONS_AHEAD_DAYS + 1):
-            day = today + dt.timedelta(days=offset)
-            start, end = _epoch(day), _epoch(day + dt.timedelta(days=1))
-            if _partition_name(day) in existing or day < oldest_kept:
+        for weeks in range(PARTITIONS_AHEAD_WEEKS + 1):
+            monday = _week_of(today) + dt.timedelta(weeks=weeks)
+            start, end = _epoch(monday), _epoch(monday + dt.timedelta(weeks=1))
+            if _partition_name(monday) in existing:
                 continue
-            # A day whose events already went to the default partition keeps them there (a
+            # A week whose events already went to the default partition keeps them there (a
             # partition for it could not be created) until they leave the window.
-            if await transaction.fetchval("SELECT EXISTS (SELECT FROM event_log_default "
-                                          "WHERE occurred_at >= $1 AND occurred_at < $2)", start, end):
+            if await connection.fetchval("SELECT EXISTS (SELECT FROM event_log_default "
+                                         "WHERE occurred_at >= $1 AND occurred_at < $2)", start, end):
                 continue
-            await transaction.execute(f"CREATE TABLE IF NOT EXISTS {_partition_name(day)} PARTITION OF event_log "
-                                      f"FOR VALUES FROM ({start}) TO ({end})")
-        for name in sorted(existing):
-            if name != "event_log_default" and dt.datetime.strptime(name[10:], "%Y%m%d").date() < oldest_kept:
-                await transaction.execute(f"DROP TABLE IF EXISTS {name}")
+            await connection.execute(f"CREATE TABLE IF NOT EXISTS {_partition_name(monday)} PARTITION OF event_log "
+                                     f"FOR VALUES FROM ({start}) TO ({end})")
+        for name in sorted(existing - {"event_log_default"}):
+            week_ends = dt.datetime.strptime(name[10:], "%Y%m%d").replace(tzinfo=dt.UTC).date() + dt.timedelta(weeks=1)
+            if week_ends <= oldest_kept:
+                await connection.execute(f"DROP TABLE IF EXISTS {name}")
                 logger.info("dropped %s: its events are past the feed's %d-day window", name, window_days)
-        await transaction.execute("DELETE FROM event_log_default WHERE occurred_at < $1", _epoch(oldest_kept))
+        await connection.execute("DELETE FROM event_log_default WHERE occurred_at < $1", _epoch(oldest_kept))

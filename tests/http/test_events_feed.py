@@ -140,10 +140,10 @@ async def test_a_cursor_older_than_the_window_is_a_410_telling_the_client_to_res
         assert "resync" in body["message"]
 
 
-async def test_events_leave_the_feed_when_their_day_leaves_the_window(api, settings: Settings, redis_client, db):
+async def test_events_leave_the_feed_when_their_week_leaves_the_window(api, settings: Settings, redis_client, db):
     await create_conversation(api)
     [event] = await settled_feed(api, redis_client, settings.events_stream, 1)
-    later = dt.datetime.now(dt.UTC).date() + dt.timedelta(days=settings.events_feed_days + 2)
+    later = dt.datetime.now(dt.UTC).date() + dt.timedelta(days=settings.events_feed_days + 8)
     await event_log.maintain(db, settings.events_feed_days, today=later)
     assert (await feed(api))["data"] == []
     assert_error(await api.get(f"{EVENTS}/{event['id']}"), 404)

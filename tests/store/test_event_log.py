@@ -69,31 +69,34 @@ async def partitions(db: asyncpg.Connection) -> set[str]:
     return {row[0] for row in rows}
 
 
-async def test_maintenance_creates_the_coming_days_and_drops_days_past_the_window(
+async def test_maintenance_creates_this_and_the_coming_weeks_and_drops_weeks_past_the_window(
         db: asyncpg.Connection):
     today = dt.datetime.now(dt.UTC).date()
+    monday = today - dt.timedelta(days=today.weekday())
     await event_log.maintain(db, 30, today=today)
     names = await partitions(db)
-    for offset in range(event_log.PARTITIONS_AHEAD_DAYS + 1):
-        assert f"event_log_{today + dt.timedelta(days=offset):%Y%m%d}" in names
-    later = today + dt.timedelta(days=40)
-    await event_log.maintain(db, 30, today=later)
-    assert f"event_log_{today:%Y%m%d}" not in await partitions(db)
+    for weeks in range(event_log.PARTITIONS_AHEAD_WEEKS + 1):
+        assert f"event_log_{monday + dt.timedelta(weeks=weeks):%Y%m%d}" in names
+    week_ends = monday + dt.timedelta(weeks=1)
+    await event_log.maintain(db, 30, today=week_ends + dt.timedelta(days=29))  # its last events: 30 days old
+    assert f"event_log_{monday:%Y%m%d}" in await partitions(db)
+    await event_log.maintain(db, 30, today=week_ends + dt.timedelta(days=30))
+    assert f"event_log_{monday:%Y%m%d}" not in await partitions(db)
     await event_log.maintain(db, 30, today=today)  # back as it was, for the tests that follow
-    assert f"event_log_{today:%Y%m%d}" in await partitions(db)
+    assert f"event_log_{monday:%Y%m%d}" in await partitions(db)
 
 
 async def test_a_day_whose_rows_went_to_the_default_partition_gets_no_partition_and_nothing_fails(
         db: asyncpg.Connection):
-    far = dt.date(2200, 1, 1)
-    start = int(dt.datetime(2200, 1, 1, tzinfo=dt.UTC).timestamp())
+    far = dt.date(2200, 1, 6)  # a Monday
+    start = int(dt.datetime(2200, 1, 6, tzinfo=dt.UTC).timestamp())
     await db.execute(
         "INSERT INTO event_log (batch, stream, position, event_id, type, account_id, conversation_id, occurred_at, "
         "sequence, schema_version) VALUES (0, 's', 0, 'evt_far', 'conversation.created', 'acct_far', 'c', $1, 1, 1)",
         start + 10)
     try:
         await event_log.maintain(db, 30, today=far)
-        assert "event_log_22000101" not in await partitions(db)
+        assert "event_log_22000106" not in await partitions(db)
         assert await db.fetchval("SELECT count(*) FROM event_log_default WHERE account_id = 'acct_far'") == 1
     finally:
         await db.execute("DELETE FROM event_log WHERE account_id = 'acct_far'")
