@@ -2,7 +2,8 @@
 
     python benchmarks/run.py                          # 3 accounts x 10,000 conversations, 1 worker
     python benchmarks/run.py --workers 2 --duration 20
-    python benchmarks/run.py --scale 1000000          # also the 1k-vs-1M cursor page probe
+    python benchmarks/run.py --scale 1000000          # also the 1k-vs-1M page probes
+    python benchmarks/run.py --compare ../before      # side by side with another checkout
 
 What a run does:
   1. creates a throwaway database `bench_<stamp>` with the service's own migrate code and COPYs
@@ -18,6 +19,11 @@ What a run does:
      and one with N; on each, the cursor, activity-order and feed walks, and EXPLAIN (ANALYZE,
      BUFFERS) of a page deep in each order;
   6. the server's RSS per worker after all that; then it stops the server and drops the database.
+
+With --compare DIR (another checkout of the project, e.g. `git worktree add ../before <commit>`),
+the same is done for it with its own migrate and schema, and every scenario runs on both, the
+two interleaved, so the rows compare what each version costs on the same machine at the same
+moment (step 4 and 5 run for this checkout only).
 
 Needs only PostgreSQL (127.0.0.1:5432, trust auth), Redis (127.0.0.1:6379) and wrk.
 """
@@ -49,7 +55,6 @@ from processes import cpu_seconds, free_port, group_pids, postgres_pids, rss_mb 
 
 from service.ids import encode_millis, random_part  # noqa: E402
 from service.settings import Settings  # noqa: E402
-from service.store.migrate import migrate  # noqa: E402
 from service.tokens import create_token  # noqa: E402
 
 SCENARIOS = ("get", "list", "cursor", "activity", "update", "create")
@@ -61,6 +66,7 @@ SEED_NOW_MS = 1_760_000_000_000
 @dataclass
 class Measurement:
     scenario: str
+    target: str
     requests: int
     seconds: float
     errors: int
@@ -136,7 +142,8 @@ def write_load_data(folder: Path, tokens: list[str], ids: list[list[str]]) -> Pa
 
 
 class Server:
-    def __init__(self, env: dict[str, str], workers: int) -> None:
+    def __init__(self, env: dict[str, str], workers: int, checkout: Path = ROOT) -> None:
+        self.checkout = checkout
         self.port = free_port()
         self.env = {**os.environ, **env, "HOST": "127.0.0.1", "PORT": str(self.port), "LOG_LEVEL": "warning"}
         self.workers = workers
@@ -146,7 +153,8 @@ class Server:
     def start(self) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "service", "serve", "--no-migrate", "--workers", str(self.workers)],
-            cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+            cwd=self.checkout, env={**self.env, "PYTHONPATH": str(self.checkout)}, stdout=self.log,
+            stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -184,15 +192,16 @@ def run_wrk(port: int, scenario: str, data: Path, seconds: float, connections: i
     return json.loads(line[len("RESULT "):])
 
 
-def measure(server: Server, scenario: str, data: Path, args: argparse.Namespace) -> Measurement:
+def measure(server: Server, scenario: str, data: Path, args: argparse.Namespace, target: str = "this") -> Measurement:
     run_wrk(server.port, scenario, data, args.warmup, args.connections)
     pids, pg = server.pids, postgres_pids()
     server_before, pg_before = cpu_seconds(pids), cpu_seconds(pg)
     result = run_wrk(server.port, scenario, data, args.duration, args.connections)
     server_cpu, pg_cpu = cpu_seconds(pids) - server_before, cpu_seconds(pg) - pg_before
     requests = max(1, result["requests"])
-    return Measurement(scenario, result["requests"], result["seconds"], result["errors"], result["p50_us"] / 1000,
-                       result["p99_us"] / 1000, server_cpu / requests * 1e6, pg_cpu / requests * 1e6)
+    return Measurement(scenario, target, result["requests"], result["seconds"], result["errors"],
+                       result["p50_us"] / 1000, result["p99_us"] / 1000, server_cpu / requests * 1e6,
+                       pg_cpu / requests * 1e6)
 
 
 # -------------------------------------------------------------------------------------- probes
@@ -283,10 +292,10 @@ async def explain_deep_page(url: str, account: str, order: str, ids: list[str], 
 
 def table(report: Report) -> str:
     lines = [f"benchmarks/run.py: {report.settings}", "",
-             f"{'scenario':<10}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'srv us':>9}{'pg us':>9}{'errors':>8}",
-             "-" * 63]
+             f"{'scenario':<10}{'target':<10}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'srv us':>9}{'pg us':>9}"
+             f"{'errors':>8}", "-" * 73]
     for run in report.runs:
-        lines.append(f"{run.scenario:<10}{run.rate:>9.0f}{run.p50_ms:>9.2f}{run.p99_ms:>9.2f}"
+        lines.append(f"{run.scenario:<10}{run.target:<10}{run.rate:>9.0f}{run.p50_ms:>9.2f}{run.p99_ms:>9.2f}"
                      f"{run.server_us:>9.0f}{run.postgres_us:>9.0f}{run.errors:>8}")
     if report.event_latency_ms:
         e = report.event_latency_ms
@@ -302,53 +311,80 @@ def table(report: Report) -> str:
     return "\n".join(lines)
 
 
+def migrate_checkout(checkout: Path, url: str) -> None:
+    """The checkout's own `migrate` (its schema may differ from this one's)."""
+    subprocess.run([sys.executable, "-m", "service", "migrate"], cwd=checkout, check=True, timeout=120,
+                   env={**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(checkout)}, capture_output=True)
+
+
+async def prepare(checkout: Path, url: str, sizes: dict[str, int]) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """A seeded database for `checkout`: (ids by account, token by account)."""
+    migrate_checkout(checkout, url)
+    ids = await seed(url, sizes)
+    tokens = {account: (await create_token(Settings(database_url=url), account))[0] for account in sizes}
+    return ids, tokens
+
+
 async def main(args: argparse.Namespace) -> Report:
     stamp = f"{int(time.time())}_{os.getpid()}"
     admin = args.database
-    url = admin.rsplit("/", 1)[0] + f"/bench_{stamp}"
-    stream = f"bench:{stamp}:events"
+    checkouts = {"this": ROOT} | ({"compared": args.compare.resolve()} if args.compare else {})
+    urls = {name: admin.rsplit("/", 1)[0] + f"/bench_{stamp}_{name}" for name in checkouts}
+    streams = {name: f"bench:{stamp}:{name}:events" for name in checkouts}
     report = Report(settings={"workers": args.workers, "connections": args.connections, "duration": args.duration,
-                              "accounts": args.accounts, "conversations": args.conversations})
-    await migrate(Settings(database_url=url))
-    server: Server | None = None
+                              "accounts": args.accounts, "conversations": args.conversations,
+                              **({"compared": str(args.compare)} if args.compare else {})})
+    servers: dict[str, Server] = {}
     try:
         sizes = {f"acct_{n}": args.conversations for n in range(1, args.accounts + 1)}
+        main_accounts = list(sizes)
         if args.scale:
             sizes |= {"acct_small": 1_000, "acct_big": args.scale}
-        ids = await seed(url, sizes)
-        tokens = {account: (await create_token(Settings(database_url=url), account))[0] for account in sizes}
         work = Path(tempfile.mkdtemp(prefix="bench-data-"))
-        main_accounts = [a for a in sizes if a not in ("acct_small", "acct_big")]
-        data = write_load_data(work / "main", [tokens[a] for a in main_accounts], [ids[a] for a in main_accounts])
-        server = Server({"DATABASE_URL": url, "REDIS_URL": args.redis, "EVENTS_STREAM": stream}, args.workers)
-        server.start()
+        data: dict[str, Path] = {}
+        for name, checkout in checkouts.items():
+            # The scale accounts only in this checkout's database: its probes run on it alone.
+            seeded = await prepare(checkout, urls[name], sizes if name == "this" else
+                                   {a: n for a, n in sizes.items() if a in main_accounts})
+            if name == "this":
+                ids, tokens = seeded
+            data[name] = write_load_data(work / name, [seeded[1][a] for a in main_accounts],
+                                         [seeded[0][a] for a in main_accounts])
+            servers[name] = Server({"DATABASE_URL": urls[name], "REDIS_URL": args.redis,
+                                    "EVENTS_STREAM": streams[name]}, args.workers, checkout)
+            servers[name].start()
         for scenario in args.scenarios:
-            run = measure(server, scenario, data, args)
-            report.runs.append(run)
-            print(f"  {scenario:<8} {run.rate:8.0f} req/s  p50 {run.p50_ms:.2f} ms  p99 {run.p99_ms:.2f} ms  "
-                  f"srv {run.server_us:.0f} us  pg {run.postgres_us:.0f} us  errors {run.errors}", file=sys.stderr)
+            for name, server in servers.items():
+                run = measure(server, scenario, data[name], args, name)
+                report.runs.append(run)
+                print(f"  {scenario:<8} {name:<8} {run.rate:8.0f} req/s  p50 {run.p50_ms:.2f} ms  "
+                      f"p99 {run.p99_ms:.2f} ms  srv {run.server_us:.0f} us  pg {run.postgres_us:.0f} us  "
+                      f"errors {run.errors}", file=sys.stderr)
+        server = servers["this"]
         if args.latency_probe:
             await asyncio.sleep(2)  # let the relay drain what the write scenarios left
-            report.event_latency_ms = await event_latency(server.port, tokens[main_accounts[0]], args.redis, stream,
-                                                          args.latency_probe, rate=50)
+            report.event_latency_ms = await event_latency(server.port, tokens[main_accounts[0]], args.redis,
+                                                          streams["this"], args.latency_probe, rate=50)
         if args.scale:
             for account in ("acct_small", "acct_big"):
-                await seed_event_log(url, account, sizes[account])
+                await seed_event_log(urls["this"], account, sizes[account])
                 folder = write_load_data(work / account, [tokens[account]], [ids[account]])
                 for order in SCALE_SCENARIOS:
                     run = measure(server, order, folder, args)
                     report.scale[f"{order:<8} {account} ({sizes[account]:,})"] = {
                         "req_s": round(run.rate), "p50_ms": run.p50_ms, "p99_ms": run.p99_ms,
-                        "explain": await explain_deep_page(url, account, order, ids[account], sizes[account])}
+                        "explain": await explain_deep_page(urls["this"], account, order, ids[account],
+                                                           sizes[account])}
         report.rss_mb = rss_mb(server.worker_pids())
     finally:
-        if server is not None:
+        for server in servers.values():
             server.stop()
         connection = await asyncpg.connect(admin)
-        await connection.execute(f'DROP DATABASE IF EXISTS "bench_{stamp}" WITH (FORCE)')
+        for name in checkouts:
+            await connection.execute(f'DROP DATABASE IF EXISTS "bench_{stamp}_{name}" WITH (FORCE)')
         await connection.close()
         cleanup = aioredis.Redis.from_url(args.redis)
-        await cleanup.delete(stream)
+        await cleanup.delete(*streams.values())
         await cleanup.aclose()
     return report
 
@@ -368,6 +404,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--latency-probe", type=int, default=500, help="creates timed to the stream (0: skip)")
     parser.add_argument("--scale", type=int, default=0, help="also compare cursor pages at 1,000 vs this many")
     parser.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
+    parser.add_argument("--compare", type=Path, default=None,
+                        help="another checkout of the project, run side by side (scenarios interleaved)")
     return parser.parse_args()
 
 
