@@ -34,11 +34,13 @@ class NotPersisted(RuntimeError):
 class Publisher:
     """XADDs batches of outbox rows to one stream; learns the server's durability once per connection."""
 
-    def __init__(self, redis: aioredis.Redis, stream: str, timeout: float, stats: RelayStats) -> None:
+    def __init__(self, redis: aioredis.Redis, stream: str, timeout: float, stats: RelayStats,
+                 replicas: int = 0) -> None:
         self._redis = redis
         self._stream = stream
         self._timeout = timeout
         self._stats = stats
+        self._replicas = replicas  # EVENTS_WAITAOF_REPLICAS: replicas whose fsync WAITAOF waits for
         self._warned = False
 
     async def publish(self, rows: list[asyncpg.Record]) -> None:
@@ -46,11 +48,14 @@ class Publisher:
         durability = await self.durability()
         commands = [pack_command(("XADD", self._stream, "*", *outbox.entry_fields(row))) for row in rows]
         if durability is Durability.WAITAOF:
-            commands.append(pack_command(("WAITAOF", 1, 0, WAITAOF_TIMEOUT_MS)))
+            commands.append(pack_command(("WAITAOF", 1, self._replicas, WAITAOF_TIMEOUT_MS)))
         async with asyncio.timeout(self._timeout + WAITAOF_TIMEOUT_MS / 1000):
             replies = await self._pipeline(commands)
-        if durability is Durability.WAITAOF and int(replies[-1][0]) < 1:  # type: ignore[index]
-            raise NotPersisted("WAITAOF: the batch was not fsynced to the append-only file in time")
+        if durability is Durability.WAITAOF:
+            local, replicas = (int(count) for count in replies[-1])  # type: ignore[attr-defined]
+            if local < 1 or replicas < self._replicas:
+                raise NotPersisted(f"WAITAOF: the batch was fsynced locally {local} and on {replicas} of "
+                                   f"{self._replicas} replica(s) in {WAITAOF_TIMEOUT_MS} ms")
         self._stats.events_published += len(rows)
         EVENTS_PUBLISHED.inc(len(rows))
         self._stats.last_publish_at = time.time()
@@ -74,9 +79,9 @@ class Publisher:
         finally:
             await pool.release(connection)
 
-    async def durability(self) -> Durability:
-        """What the server offers, asked once per connection to Redis (and after each failure)."""
-        if self._stats.durability is None:
+    async def durability(self, *, refresh: bool = False) -> Durability:
+        """What the server offers, asked once per connection to Redis (after each failure, or on `refresh`)."""
+        if refresh or self._stats.durability is None:
             self._stats.durability = durability = await detect_durability(self._redis)
             if not durability.is_crash_safe and not self._warned:
                 self._warned = True
