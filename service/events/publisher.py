@@ -24,7 +24,11 @@ from service.store import outbox
 
 logger = logging.getLogger("service.events.publisher")
 
+# How long WAITAOF may wait for the fsync(s). Locally (appendfsync everysec) the server fsyncs
+# within ~0.1 s of a WAITAOF; a replica reports its fsynced offset about once a second, so a
+# wait for replicas needs more than a second.
 WAITAOF_TIMEOUT_MS = 1000
+WAITAOF_REPLICAS_TIMEOUT_MS = 3000
 
 
 class NotPersisted(RuntimeError):
@@ -41,6 +45,7 @@ class Publisher:
         self._timeout = timeout
         self._stats = stats
         self._replicas = replicas  # EVENTS_WAITAOF_REPLICAS: replicas whose fsync WAITAOF waits for
+        self._waitaof_ms = WAITAOF_REPLICAS_TIMEOUT_MS if replicas else WAITAOF_TIMEOUT_MS
         self._warned = False
 
     async def publish(self, rows: list[asyncpg.Record]) -> None:
@@ -48,14 +53,14 @@ class Publisher:
         durability = await self.durability()
         commands = [pack_command(("XADD", self._stream, "*", *outbox.entry_fields(row))) for row in rows]
         if durability is Durability.WAITAOF:
-            commands.append(pack_command(("WAITAOF", 1, self._replicas, WAITAOF_TIMEOUT_MS)))
-        async with asyncio.timeout(self._timeout + WAITAOF_TIMEOUT_MS / 1000):
+            commands.append(pack_command(("WAITAOF", 1, self._replicas, self._waitaof_ms)))
+        async with asyncio.timeout(self._timeout + self._waitaof_ms / 1000):
             replies = await self._pipeline(commands)
         if durability is Durability.WAITAOF:
             local, replicas = (int(count) for count in replies[-1])  # type: ignore[attr-defined]
             if local < 1 or replicas < self._replicas:
                 raise NotPersisted(f"WAITAOF: the batch was fsynced locally {local} and on {replicas} of "
-                                   f"{self._replicas} replica(s) in {WAITAOF_TIMEOUT_MS} ms")
+                                   f"{self._replicas} replica(s) in {self._waitaof_ms} ms")
         self._stats.events_published += len(rows)
         EVENTS_PUBLISHED.inc(len(rows))
         self._stats.last_publish_at = time.time()
