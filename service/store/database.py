@@ -32,9 +32,12 @@ def is_unavailable(error: BaseException) -> bool:
     if isinstance(error, (OSError, TimeoutError, asyncpg.PostgresConnectionError,
                           asyncpg.exceptions.OperatorInterventionError, asyncpg.TooManyConnectionsError,
                           asyncpg.exceptions.ConnectionFailureError,
-                          # A failover: the server became a standby, or no host of the DSN is writable.
+                          # A failover: the server became a standby, or no host of the DSN is writable
+                          # (TargetServerAttributeNotMatched), or a connection that sat idle in the pool
+                          # got a shutting-down server's last message before its socket closed, so the
+                          # driver refuses to use it ("another operation is in progress").
                           asyncpg.exceptions.ReadOnlySQLTransactionError,
-                          asyncpg.exceptions.TargetServerAttributeNotMatched)):
+                          asyncpg.exceptions.InternalClientError)):
         return True
     # asyncpg reports use of a connection or pool that was closed under it as an InterfaceError.
     return isinstance(error, asyncpg.InterfaceError) and "clos" in str(error)
