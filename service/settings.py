@@ -53,7 +53,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     db_connect_timeout: float = 3.0
     db_acquire_timeout: float = 2.0
     db_statement_timeout: float = 4.0
-    # A pooled connection older than this is closed on release and replaced: servers behind a
+    # A pooled connection older than this is ended when next idle and replaced: servers behind a
     # DNS name or a failover are picked up again, and no session lives for ever.
     db_max_connection_lifetime: float = 3600.0
     redis_timeout: float = 2.0
