@@ -210,9 +210,8 @@ async def test_a_row_committed_after_newer_rows_were_fetched_is_still_published(
     Its commit lands while the relay publishes the newer rows (Redis held frozen between the
     batch's SELECT and its DELETE), so deleting up to the batch's highest position would delete
     it unpublished; each published row must be deleted by its own position. Retention is put off
-    after the first batch, so that the XADDs are the only Redis calls the frozen server holds.
+    after its first pass, so that the XADDs are the only Redis calls the frozen server holds.
     """
-    monkeypatch.setattr("service.events.relay.TRIM_INTERVAL_SECONDS", 3600.0)
     server = redis_backend.private(tmp_path).start()
     # A Redis timeout far longer than the test's freeze: the relay's XADD waits, it does not fail.
     settings = msgspec.structs.replace(settings, redis_url=server.url, redis_timeout=15.0)
@@ -222,6 +221,8 @@ async def test_a_row_committed_after_newer_rows_were_fetched_is_still_published(
         async with Lifespan(app := create_app(settings)), client_for(app, account.token) as api:
             warm_up = (await api.post("/v1/conversations", json={"contact_id": "warm_up"})).json()["id"]
             await wait_for_entries(reader, settings.events_stream, 1)  # the relay leads, and knows Redis
+            await wait_for(lambda: app.state.relay.stats.stream_length is not None)  # its first retention pass
+            monkeypatch.setattr("service.events.relay.TRIM_INTERVAL_SECONDS", 3600.0)
             leader = await db.fetchval(LEADER_PID, settings.events_stream)
             transaction = slow.transaction()
             await transaction.start()
