@@ -52,6 +52,9 @@ WORKDIR /app
 COPY service/ ./service/
 COPY schema.sql ./
 
+# Events wait in the outbox while Redis cannot confirm they survive its crash (README, "Guarantees").
+ENV EVENTS_REQUIRE_DURABLE=true
+
 USER 10001:10001
 
 EXPOSE 8000

@@ -87,10 +87,21 @@ def _gauge(name: str, documentation: str, value: float | None) -> GaugeMetricFam
     return family
 
 
-async def scrape_families(db_backlog: tuple[int, int | None] | None, redis: Redis, stream: str) -> list[Metric]:
-    """The scrape-time gauges: outbox backlog and age (from `db_backlog`), stream and groups (Redis)."""
+async def scrape_families(db_backlog: tuple[int, int | None] | None, redis: Redis, stream: str,
+                          durability: list[tuple[str, bool]], *, held: bool) -> list[Metric]:
+    """The scrape-time gauges: outbox backlog and age (from `db_backlog`), stream and groups (Redis), and
+    the relay's view of Redis: each durability mode with 1 for the one it detected (`durability`; all 0
+    while unknown) and whether EVENTS_REQUIRE_DURABLE keeps events in the outbox (`held`)."""
     backlog, oldest = db_backlog if db_backlog is not None else (None, None)
+    modes = GaugeMetricFamily("conversations_events_durability",
+                              "Durability of published events the relay detected on Redis (1: this mode).",
+                              labels=["mode"])
+    for mode, detected in durability:
+        modes.add_metric([mode], 1.0 if detected else 0.0)
     families = [
+        modes,
+        _gauge("conversations_events_held", "1 while EVENTS_REQUIRE_DURABLE keeps events in the outbox "
+               "because Redis is not crash-safe.", 1.0 if held else 0.0),
         _gauge("conversations_outbox_backlog", "Events committed but not yet on the stream.", backlog),
         _gauge("conversations_outbox_oldest_age_seconds", "Age of the oldest unpublished event (0 if none).",
                None if backlog is None else (max(0, int(time.time()) - oldest) if oldest is not None else 0)),

@@ -33,6 +33,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     relay_database_url: str = ""
     events_maxlen: int = 1_000_000
     events_hard_maxlen: int = 10_000_000
+    # Off: the relay publishes whatever durability Redis offers (and says which). On: while Redis
+    # cannot confirm that a published entry survives its crash, events wait in the outbox.
+    events_require_durable: bool = False
+    # Replicas that must have an entry in their append-only file (WAITAOF) before its outbox row
+    # goes: 1 or more keeps what the relay deleted on a replica that a failover promotes.
+    events_waitaof_replicas: int = 0
     host: str = "0.0.0.0"  # noqa: S104 - a container's server listens on every interface
     port: int = 8000
     log_level: str = "info"
@@ -47,6 +53,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     db_connect_timeout: float = 3.0
     db_acquire_timeout: float = 2.0
     db_statement_timeout: float = 4.0
+    # A pooled connection older than this is ended when next idle and replaced: servers behind a
+    # DNS name or a failover are picked up again, and no session lives for ever.
+    db_max_connection_lifetime: float = 3600.0
     redis_timeout: float = 2.0
     shutdown_timeout: float = 20.0
     token_cache_seconds: float = 5.0
@@ -106,6 +115,16 @@ def _port(name: str, raw: str) -> int:
     return value
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _boolean(name: str, raw: str) -> bool:
+    if raw.lower() not in _TRUE + _FALSE:
+        raise SettingsError(f"{name} must be true or false, got {raw!r}")
+    return raw.lower() in _TRUE
+
+
 def _log_level(name: str, raw: str) -> str:
     if raw.lower() not in LOG_LEVELS:
         raise SettingsError(f"{name} must be one of {', '.join(LOG_LEVELS)}, got {raw!r}")
@@ -130,6 +149,8 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "RELAY_DATABASE_URL": ("relay_database_url", _optional_text),
     "EVENTS_MAXLEN": ("events_maxlen", _positive_int),
     "EVENTS_HARD_MAXLEN": ("events_hard_maxlen", _positive_int),
+    "EVENTS_REQUIRE_DURABLE": ("events_require_durable", _boolean),
+    "EVENTS_WAITAOF_REPLICAS": ("events_waitaof_replicas", _non_negative_int),
     "HOST": ("host", _text),
     "PORT": ("port", _port),
     "LOG_LEVEL": ("log_level", _log_level),
@@ -138,6 +159,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "DB_CONNECT_TIMEOUT": ("db_connect_timeout", _positive_float),
     "DB_ACQUIRE_TIMEOUT": ("db_acquire_timeout", _positive_float),
     "DB_STATEMENT_TIMEOUT": ("db_statement_timeout", _positive_float),
+    "DB_MAX_CONNECTION_LIFETIME": ("db_max_connection_lifetime", _positive_float),
     "REDIS_TIMEOUT": ("redis_timeout", _positive_float),
     "SHUTDOWN_TIMEOUT": ("shutdown_timeout", _positive_float),
     "EVENTS_FEED_DAYS": ("events_feed_days", _positive_int),

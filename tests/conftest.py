@@ -27,6 +27,7 @@ from service.settings import Settings
 from service.store.migrate import migrate
 from tests import backends
 from tests.asgi import Lifespan, client_for
+from tests.backends import RedisBackend
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,24 @@ def backend_urls() -> Iterator[Backends]:
     with ExitStack() as stack:
         database, redis_url = backends.resolve(stack)
         yield Backends(database, redis_url)
+
+
+@pytest.fixture(scope="session")
+def aof_redis_url() -> Iterator[str]:
+    """The run's AOF server (started only if a test asks for it)."""
+    with ExitStack() as stack:
+        yield backends.resolve_aof(stack)
+
+
+REDIS_BACKENDS = ("none", "waitaof")
+
+
+@pytest.fixture(params=REDIS_BACKENDS)
+def redis_backend(request: pytest.FixtureRequest, backend_urls: Backends) -> RedisBackend:
+    """Each backend in turn: the tests that take it run once per relay publishing path."""
+    if request.param == "none":
+        return RedisBackend("none", backend_urls.redis_url)
+    return RedisBackend("waitaof", request.getfixturevalue("aof_redis_url"))
 
 
 async def drop_database(admin_url: str, name: str) -> None:
@@ -146,6 +165,17 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
     connection = await asyncpg.connect(database_url)
     yield connection
     await connection.close()
+
+
+@pytest.fixture
+def ci_report(capsys: pytest.CaptureFixture[str]):
+    """A print that reaches CI's output whatever pytest captures (-q or not, passed or failed)."""
+
+    def report(line: str) -> None:
+        with capsys.disabled():
+            print(f"\n{line}")
+
+    return report
 
 
 async def wait_for(condition, timeout: float = 5.0, interval: float = 0.02):

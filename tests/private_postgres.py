@@ -11,6 +11,9 @@ URL reconnect to the same address once it is back; `remove()` stops it and delet
         cluster.url                          # postgresql://postgres@127.0.0.1:<port>/postgres
         cluster.stop()                       # pg_ctl stop -m immediate (a crash, then recovery)
         cluster.start()                      # the same data, the same port
+
+A streaming replica of a running cluster: `PrivatePostgres().replica_of(primary).start()`
+(pg_basebackup -R: a standby that follows the primary), `promote()` makes it a primary.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ def postgres_bindir() -> Path:
         return Path(os.environ["PG_BINDIR"])
     on_path = shutil.which("initdb")
     if on_path:
-        return Path(on_path).parent
+        return Path(on_path).resolve().parent  # a symlink's real directory has every server tool
     candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
                         key=lambda p: int(Path(p).parent.parent.name) if Path(p).parent.parent.name.isdigit() else 0)
     if not candidates:
@@ -85,6 +88,27 @@ class PrivatePostgres:
                        "max_connections = 100\nshared_buffers = 32MB\nlogging_collector = off\n")
         self.initialized = True
         return self
+
+    def replica_of(self, primary: PrivatePostgres) -> PrivatePostgres:
+        """Make this (new, not started) cluster a streaming standby of `primary`: pg_basebackup -R."""
+        self._run(str(self.bindir / "pg_basebackup"), "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres",
+                  "-D", str(self.data), "-R", "-X", "stream", "-c", "fast")
+        # The copied configuration is the primary's: later lines win, so this one has its own port and socket.
+        self.configure(port=str(self.port), unix_socket_directories=f"'{self.directory}'")
+        self.initialized = True
+        return self
+
+    def configure(self, **settings: str) -> None:
+        """Append settings to postgresql.conf (values as written there); reloaded if it is running."""
+        with (self.data / "postgresql.conf").open("a") as conf:
+            conf.write("\n" + "".join(f"{name} = {value}\n" for name, value in settings.items()))
+        if self.running:
+            self._run(str(self.bindir / "pg_ctl"), "reload", "-D", str(self.data))
+
+    def promote(self, timeout: float = 60) -> None:
+        """A standby becomes a primary (pg_ctl promote, waiting until it accepts writes)."""
+        self._run(str(self.bindir / "pg_ctl"), "promote", "-D", str(self.data), "-w", "-t", str(int(timeout)),
+                  timeout=timeout + 10)
 
     def start(self, timeout: float = 60) -> PrivatePostgres:
         """Start it and return once it accepts connections (pg_ctl -w), after any crash recovery."""

@@ -1,4 +1,4 @@
-"""Servers a test starts and stops itself: a private redis-server, the service's own `serve`."""
+"""Servers a test starts and stops itself: a private Redis-compatible server, the service's own `serve`."""
 
 from __future__ import annotations
 
@@ -31,13 +31,19 @@ def wait_until(condition, timeout: float, what: str) -> None:
 
 
 class RedisServer:
-    """A redis-server on a private port, with its data in `directory` (so AOF survives restarts)."""
+    """A redis-server (or `binary`: valkey-server) on a private port, its data in `directory` (AOF survives restarts).
 
-    def __init__(self, directory: Path, *, appendonly: bool = True, appendfsync: str = "always") -> None:
+    `extra` are more command-line options, e.g. ("--replicaof", "127.0.0.1", "6379").
+    """
+
+    def __init__(self, directory: Path, *, appendonly: bool = True, appendfsync: str = "always",
+                 binary: str = "redis-server", extra: tuple[str, ...] = ()) -> None:
         self.directory = directory
         self.port = free_port()
         self.appendonly = appendonly
         self.appendfsync = appendfsync
+        self.binary = binary
+        self.extra = extra
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -54,9 +60,9 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", self.appendfsync,
-             "--dir", str(self.directory), "--logfile", str(self.directory / "redis.log")],
+             "--dir", str(self.directory), "--logfile", str(self.directory / "redis.log"), *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until(self._answers, 10, "redis-server did not answer")
         return self
@@ -73,6 +79,15 @@ class RedisServer:
             self.process.terminate()
             self.process.wait(10)
             self.process = None
+
+    def freeze(self) -> None:
+        """SIGSTOP: its connections stay open and nothing answers (a hung host)."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGCONT)
 
 
 class ServiceProcess:

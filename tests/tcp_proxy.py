@@ -1,7 +1,9 @@
 """A TCP proxy a test can cut and restore: the way asyncpg's own adversity tests fake an outage.
 
 Runs in the test's event loop. `cut()` closes every proxied connection and stops listening
-(new connections are refused); `restore()` listens again on the same port.
+(new connections are refused); `restore()` listens again on the same port. `freeze()` stops
+forwarding in both directions without closing anything (a request sent meanwhile waits unanswered,
+as on a hung server); `thaw()` forwards again, what was held first.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ class TcpProxy:
         self.port = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
 
     async def start(self) -> TcpProxy:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
@@ -27,6 +31,7 @@ class TcpProxy:
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while data := await reader.read(65536):
+                await self._flowing.wait()
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, OSError):
@@ -53,6 +58,12 @@ class TcpProxy:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
+
+    def freeze(self) -> None:
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        self._flowing.set()
 
     async def restore(self) -> None:
         await self.start()

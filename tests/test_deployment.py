@@ -583,3 +583,11 @@ def test_api_runs_with_the_compose_command_and_environment(settings: Settings, t
         client = redis.Redis.from_url(settings.redis_url)
         client.delete(settings.events_stream)
         client.close()
+
+
+def test_deployments_require_crash_safe_events_and_development_does_not():
+    """Compose and the image publish only to a crash-safe Redis; the local no-persistence setup does not ask it."""
+    assert load_settings(environment(load_compose()["services"]["api"])).events_require_durable is True
+    image_env = dict(re.findall(r"(\w+)=(\S+)", " ".join(final_stage_value("ENV"))))
+    assert load_settings({"EVENTS_REQUIRE_DURABLE": image_env["EVENTS_REQUIRE_DURABLE"]}).events_require_durable
+    assert Settings().events_require_durable is False

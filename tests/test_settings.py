@@ -44,3 +44,29 @@ def test_a_bad_value_is_refused_naming_its_variable(variable: str, value: str):
 def test_the_hard_maximum_cannot_be_below_the_retention_length():
     with pytest.raises(SettingsError, match="EVENTS_HARD_MAXLEN"):
         load_settings({"EVENTS_MAXLEN": "100", "EVENTS_HARD_MAXLEN": "10"})
+
+
+def test_durability_settings_default_to_the_development_setup():
+    settings = load_settings({})
+    assert settings.events_require_durable is False
+    assert settings.events_waitaof_replicas == 0
+    assert settings.db_max_connection_lifetime == 3600.0
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("true", True), ("1", True), ("YES", True), ("on", True),
+                                               ("false", False), ("0", False), ("no", False), ("Off", False)])
+def test_events_require_durable_reads_the_usual_boolean_spellings(raw: str, expected: bool):
+    assert load_settings({"EVENTS_REQUIRE_DURABLE": raw}).events_require_durable is expected
+
+
+@pytest.mark.parametrize(("variable", "value"), [
+    ("EVENTS_REQUIRE_DURABLE", "maybe"), ("EVENTS_WAITAOF_REPLICAS", "-1"), ("EVENTS_WAITAOF_REPLICAS", "one"),
+    ("DB_MAX_CONNECTION_LIFETIME", "0"),
+])
+def test_a_bad_durability_or_lifetime_value_is_refused_naming_its_variable(variable: str, value: str):
+    with pytest.raises(SettingsError, match=variable):
+        load_settings({variable: value})
+
+
+def test_the_waitaof_replica_count_is_read():
+    assert load_settings({"EVENTS_WAITAOF_REPLICAS": "2"}).events_waitaof_replicas == 2

@@ -9,13 +9,23 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+import msgspec
+import pytest
 
 from service.settings import Settings
-from tests.conftest import Account
+from tests.backends import RedisBackend
+from tests.conftest import Account, wait_for
 from tests.servers import ServiceProcess
 from tests.stream_helpers import entries
 
 SHUTDOWN_TIMEOUT = 10
+LOAD_LIMIT_SECONDS = 30  # to reach 200 creates before the SIGTERM (it takes ~1 s)
+
+
+@pytest.fixture
+def settings(settings: Settings, redis_backend: RedisBackend) -> Settings:
+    """Once per Redis backend: the flush publishes through both of the relay's paths."""
+    return msgspec.structs.replace(settings, redis_url=redis_backend.url)
 
 
 async def test_sigterm_under_load_fails_no_request_and_publishes_every_committed_event(
@@ -60,8 +70,7 @@ async def test_sigterm_under_load_fails_no_request_and_publishes_every_committed
 
     clients = [asyncio.create_task(client(n)) for n in range(16)]
     try:
-        while len(created) < 200:
-            await asyncio.sleep(0.05)
+        await wait_for(lambda: len(created) >= 200 or failures, timeout=LOAD_LIMIT_SECONDS, interval=0.05)
         service.signal(signal.SIGTERM)
         signalled = time.monotonic()
         exit_code = await asyncio.to_thread(service.process.wait, SHUTDOWN_TIMEOUT + 5)

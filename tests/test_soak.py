@@ -14,24 +14,26 @@ import sys
 
 import pytest
 
+from tests.backends import RedisBackend
 from tests.conftest import Backends
 from tests.servers import ROOT
 
-pytestmark = pytest.mark.slow
-
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "60"))
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(SOAK_SECONDS + 240)]
 
 
 def test_a_soak_ends_with_database_clients_and_stream_in_exact_agreement_and_no_unexpected_error(
-        backend_urls: Backends, capsys: pytest.CaptureFixture[str]):
+        backend_urls: Backends, redis_backend: RedisBackend, capsys: pytest.CaptureFixture[str]):
     result = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "soak.py"), "--duration", str(SOAK_SECONDS), "--clients", "32",
-         "--database-url", backend_urls.admin_database_url, "--redis-url", backend_urls.redis_url],
+         "--database-url", backend_urls.admin_database_url, "--redis-url", redis_backend.url],
         cwd=ROOT, capture_output=True, text=True, timeout=SOAK_SECONDS + 180, check=False)
     assert result.stdout.strip(), result.stderr[-3000:]
     summary = json.loads(result.stdout)
     with capsys.disabled():  # the report belongs in CI's output, passed or failed, -q or not
-        print("\nSOAK " + json.dumps({key: summary[key] for key in ("requests", "errors", "agreement", "server_rss")}))
+        report = {key: summary[key] for key in ("requests", "errors", "agreement", "server_rss")}
+        print(f"\nSOAK ({redis_backend.durability} backend) " + json.dumps(report))
     assert summary["errors"]["unexpected"] == {}, summary["errors"]["unexpected_examples"]
     assert summary["agreement"]["ok"], summary["agreement"]
     assert summary["agreement"]["mismatches"] == {}

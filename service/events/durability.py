@@ -1,9 +1,10 @@
 """What a Redis server promises about a published entry surviving its crash, asked of the server itself.
 
 The relay deletes an outbox row only once its entry is as safe as the server can make it: with
-WAITAOF (AOF on, Redis 7.2 or newer) it waits for the fsync of each batch; with `appendfsync
-always` the XADD's reply already means it is on disk; otherwise it warns that a Redis crash can
-lose published events.
+WAITAOF (AOF on, Redis 7.2 or newer) it waits for the fsync of each batch (and, with
+EVENTS_WAITAOF_REPLICAS, for that many replicas' fsync); with `appendfsync always` the XADD's
+reply already means it is on disk; otherwise it warns that a Redis crash can lose published
+events, and with EVENTS_REQUIRE_DURABLE it publishes nothing (`hold_reason`).
 """
 
 from __future__ import annotations
@@ -40,11 +41,29 @@ async def detect_durability(client: aioredis.Redis) -> Durability:
     persistence = await client.info("persistence")
     if not int(persistence.get("aof_enabled", 0)):
         return Durability.NONE
+    try:
+        appendfsync: str | None = (await client.config_get("appendfsync")).get("appendfsync")
+    except ResponseError:  # CONFIG is often disabled on managed Redis
+        appendfsync = None
     server = await client.info("server")
     if _version(str(server.get("redis_version", "0"))) >= (7, 2):
-        return Durability.WAITAOF
-    try:
-        config = await client.config_get("appendfsync")
-    except ResponseError:  # CONFIG is often disabled on managed Redis
-        return Durability.AOF_UNCONFIRMED
-    return Durability.FSYNC_ALWAYS if config.get("appendfsync") == "always" else Durability.AOF_UNCONFIRMED
+        # With `appendfsync no` the server never fsyncs, so WAITAOF could never confirm a batch.
+        return Durability.AOF_UNCONFIRMED if appendfsync == "no" else Durability.WAITAOF
+    return Durability.FSYNC_ALWAYS if appendfsync == "always" else Durability.AOF_UNCONFIRMED
+
+
+def hold_reason(durability: Durability | None, *, require_durable: bool, replicas: int) -> str | None:
+    """Why the relay keeps events in the outbox rather than publish them, or None if it publishes.
+
+    Only with EVENTS_REQUIRE_DURABLE: then an entry must survive a crash of the Redis server (and,
+    with EVENTS_WAITAOF_REPLICAS, be on that many replicas, which only WAITAOF can confirm).
+    """
+    if not require_durable or durability is None:
+        return None
+    if not durability.is_crash_safe:
+        return (f"EVENTS_REQUIRE_DURABLE is on and Redis durability is {durability.value}: a Redis crash "
+                "would lose published events (turn on appendonly, with Redis 7.2+ or appendfsync always)")
+    if replicas and durability is not Durability.WAITAOF:
+        return (f"EVENTS_REQUIRE_DURABLE is on and EVENTS_WAITAOF_REPLICAS is {replicas}, but Redis durability "
+                f"is {durability.value}: only WAITAOF (Redis 7.2+ with appendonly) confirms replicas")
+    return None

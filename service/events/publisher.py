@@ -24,7 +24,11 @@ from service.store import outbox
 
 logger = logging.getLogger("service.events.publisher")
 
+# How long WAITAOF may wait for the fsync(s). Locally (appendfsync everysec) the server fsyncs
+# within ~0.1 s of a WAITAOF; a replica reports its fsynced offset about once a second, so a
+# wait for replicas needs more than a second.
 WAITAOF_TIMEOUT_MS = 1000
+WAITAOF_REPLICAS_TIMEOUT_MS = 3000
 
 
 class NotPersisted(RuntimeError):
@@ -34,11 +38,14 @@ class NotPersisted(RuntimeError):
 class Publisher:
     """XADDs batches of outbox rows to one stream; learns the server's durability once per connection."""
 
-    def __init__(self, redis: aioredis.Redis, stream: str, timeout: float, stats: RelayStats) -> None:
+    def __init__(self, redis: aioredis.Redis, stream: str, timeout: float, stats: RelayStats,
+                 replicas: int = 0) -> None:
         self._redis = redis
         self._stream = stream
         self._timeout = timeout
         self._stats = stats
+        self._replicas = replicas  # EVENTS_WAITAOF_REPLICAS: replicas whose fsync WAITAOF waits for
+        self._waitaof_ms = WAITAOF_REPLICAS_TIMEOUT_MS if replicas else WAITAOF_TIMEOUT_MS
         self._warned = False
 
     async def publish(self, rows: list[asyncpg.Record]) -> None:
@@ -46,11 +53,14 @@ class Publisher:
         durability = await self.durability()
         commands = [pack_command(("XADD", self._stream, "*", *outbox.entry_fields(row))) for row in rows]
         if durability is Durability.WAITAOF:
-            commands.append(pack_command(("WAITAOF", 1, 0, WAITAOF_TIMEOUT_MS)))
-        async with asyncio.timeout(self._timeout + WAITAOF_TIMEOUT_MS / 1000):
+            commands.append(pack_command(("WAITAOF", 1, self._replicas, self._waitaof_ms)))
+        async with asyncio.timeout(self._timeout + self._waitaof_ms / 1000):
             replies = await self._pipeline(commands)
-        if durability is Durability.WAITAOF and int(replies[-1][0]) < 1:  # type: ignore[index]
-            raise NotPersisted("WAITAOF: the batch was not fsynced to the append-only file in time")
+        if durability is Durability.WAITAOF:
+            local, replicas = (int(count) for count in replies[-1])  # type: ignore[attr-defined]
+            if local < 1 or replicas < self._replicas:
+                raise NotPersisted(f"WAITAOF: the batch was fsynced locally {local} and on {replicas} of "
+                                   f"{self._replicas} replica(s) in {self._waitaof_ms} ms")
         self._stats.events_published += len(rows)
         EVENTS_PUBLISHED.inc(len(rows))
         self._stats.last_publish_at = time.time()
@@ -74,9 +84,9 @@ class Publisher:
         finally:
             await pool.release(connection)
 
-    async def durability(self) -> Durability:
-        """What the server offers, asked once per connection to Redis (and after each failure)."""
-        if self._stats.durability is None:
+    async def durability(self, *, refresh: bool = False) -> Durability:
+        """What the server offers, asked once per connection to Redis (after each failure, or on `refresh`)."""
+        if refresh or self._stats.durability is None:
             self._stats.durability = durability = await detect_durability(self._redis)
             if not durability.is_crash_safe and not self._warned:
                 self._warned = True

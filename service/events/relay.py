@@ -14,6 +14,9 @@ Invariants (docs/api.md, "Events"):
   logged once per outage) and drains the backlog when Redis returns. PostgreSQL down: the same.
 * Stop: after the server stopped taking requests, the leader (or a process that can take the
   lock) publishes what is committed within the flush deadline, then ends its session.
+* EVENTS_REQUIRE_DURABLE: while Redis cannot confirm that an entry survives its crash
+  (durability.hold_reason), the leader publishes nothing, asks Redis again every
+  HOLD_RECHECK_SECONDS, and resumes by itself once it can; the events wait in the outbox.
 
 Between batches the pacer decides when to fetch again (pacing.py); retention runs at most once
 a TRIM_INTERVAL_SECONDS (retention.py).
@@ -30,6 +33,7 @@ import asyncpg
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from service.events.durability import hold_reason
 from service.events.leadership import close_session, open_session
 from service.events.pacing import Pacer, wait_for
 from service.events.publisher import NotPersisted, Publisher
@@ -46,6 +50,7 @@ FOLLOWER_POLL_SECONDS = 1.0
 TRIM_INTERVAL_SECONDS = 1.0
 BACKOFF_FIRST_SECONDS = 0.05
 BACKOFF_MAX_SECONDS = 5.0
+HOLD_RECHECK_SECONDS = 1.0
 
 
 class _Backoff:
@@ -70,7 +75,8 @@ class Relay:
         self._settings = settings
         self._stream = settings.events_stream
         self.stats = RelayStats()
-        self._publisher = Publisher(redis, self._stream, settings.redis_timeout, self.stats)
+        self._publisher = Publisher(redis, self._stream, settings.redis_timeout, self.stats,
+                                    settings.events_waitaof_replicas)
         self._retention = Retention(redis, self._stream, settings.events_maxlen, settings.events_hard_maxlen,
                                     self.stats)
         self._pacer = Pacer(self._stream)
@@ -80,8 +86,14 @@ class Relay:
         self._task: asyncio.Task[None] | None = None
         self._connection: asyncpg.Connection | None = None
         self._last_trim = 0.0
+        self._holding = False
 
     # ------------------------------------------------------------------------------ lifecycle
+
+    def hold_reason(self) -> str | None:
+        """Why events stay in the outbox although Redis answers (EVENTS_REQUIRE_DURABLE), or None."""
+        return hold_reason(self.stats.durability, require_durable=self._settings.events_require_durable,
+                           replicas=self._settings.events_waitaof_replicas)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="outbox-relay")
@@ -156,6 +168,7 @@ class Relay:
                 break
             if self._stopping:
                 return
+            await self._learn_durability()
             # Followers ignore NOTIFY: only a stop, or the poll interval, ends the wait.
             await wait_for(self._stop_requested, FOLLOWER_POLL_SECONDS)
         await self._lead(connection)
@@ -166,11 +179,17 @@ class Relay:
         self.stats.is_leader = True
         await self._pacer.start_listening(connection)
         logger.info("this process now publishes stream %s", self._stream)
-        with contextlib.suppress(RedisError, OSError, TimeoutError):
-            # Learn (and warn about) Redis's durability now; if Redis is down, the first batch asks.
-            async with asyncio.timeout(self._settings.redis_timeout):
-                await self._publisher.durability()
+        await self._learn_durability()
         return True
+
+    async def _learn_durability(self) -> None:
+        """Ask (and warn about) Redis's durability now, so /ready can say it; if Redis is down, later.
+
+        A follower asks at every poll (it holds no connection state that a failure would reset).
+        """
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            async with asyncio.timeout(self._settings.redis_timeout):
+                await self._publisher.durability(refresh=not self.stats.is_leader)
 
     # ------------------------------------------------------------------------- the leader
 
@@ -180,6 +199,11 @@ class Relay:
         while True:
             self._pacer.before_fetch()
             try:
+                if await self._must_hold():
+                    if self._stopping:
+                        return  # they wait in the outbox for a leader whose Redis is crash-safe
+                    await self._sleep(HOLD_RECHECK_SECONDS)
+                    continue
                 published = await self._publish_batch(connection)
             except (RedisError, OSError, NotPersisted) as error:
                 self._publisher.note_failure(error)
@@ -194,6 +218,18 @@ class Relay:
             if self._stopping:
                 return  # the outbox is drained
             await self._pacer.after_batch(connection, published)
+
+    async def _must_hold(self) -> bool:
+        """Whether EVENTS_REQUIRE_DURABLE keeps events in the outbox now (Redis is asked again while it does)."""
+        await self._publisher.durability(refresh=self._holding)
+        reason = self.hold_reason()
+        if (reason is not None) != self._holding:
+            self._holding = reason is not None
+            if reason is not None:
+                logger.warning("events stay in the outbox: %s", reason)
+            else:
+                logger.info("Redis is crash-safe now (%s): publishing the outbox", self.stats.durability.value)
+        return self._holding
 
     async def _publish_batch(self, connection: asyncpg.Connection) -> int:
         rows = await outbox.fetch_batch(connection, self._stream, BATCH_SIZE)

@@ -2,8 +2,9 @@
 
 /health says only that the process answers (no dependency checked: a load balancer must not
 take every replica out because the database blinked). /ready is 200 when PostgreSQL answers,
-503 otherwise; its body also reports Redis and the outbox backlog, which never fail it, since
-the API keeps working without Redis.
+503 otherwise; its body also reports Redis, the outbox backlog, the durability the relay
+detected and why events wait in the outbox (EVENTS_REQUIRE_DURABLE), none of which fail it,
+since the API keeps working without Redis.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from litestar.response.base import ASGIResponse
 
 from service import metrics
 from service.errors import RETRY_AFTER_SECONDS
+from service.events.durability import Durability
 from service.events.relay import Relay
 from service.model import encode_json
 from service.store import outbox
@@ -40,6 +42,8 @@ class Readiness(msgspec.Struct):
     outbox_backlog: int | None
     outbox_oldest_age_seconds: int | None
     relay_is_leader: bool
+    events_durability: str | None  # waitaof / fsync-always / aof-unconfirmed / none; null: not known yet
+    events_held: str | None  # why events stay in the outbox although Redis answers; null: they do not
 
 
 _HEALTHY = encode_json(Health(status="ok"))
@@ -90,6 +94,8 @@ async def ready(request: Request) -> ASGIResponse:
         outbox_backlog=None if backlog is None else backlog[0],
         outbox_oldest_age_seconds=oldest_age,
         relay_is_leader=relay.stats.is_leader,
+        events_durability=None if relay.stats.durability is None else relay.stats.durability.value,
+        events_held=relay.hold_reason(),
     )
     headers = None if backlog is not None else {"Retry-After": RETRY_AFTER_SECONDS}
     return ASGIResponse(body=encode_json(report), media_type="application/json",
@@ -100,7 +106,10 @@ async def ready(request: Request) -> ASGIResponse:
 async def metrics_endpoint(request: Request) -> ASGIResponse:
     state = request.app.state
     backlog = await _check_postgres(state.db, state.settings.events_stream)
-    families = await metrics.scrape_families(backlog, state.redis, state.settings.events_stream)
+    relay: Relay = state.relay
+    durability = [(mode.value, mode is relay.stats.durability) for mode in Durability]
+    families = await metrics.scrape_families(backlog, state.redis, state.settings.events_stream, durability,
+                                             held=relay.hold_reason() is not None)
     return ASGIResponse(body=metrics.render(families), media_type=metrics.CONTENT_TYPE)
 
 

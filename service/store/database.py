@@ -2,13 +2,19 @@
 
 Every call acquires a pooled connection (pool.py) within `db_acquire_timeout`, runs one
 statement bounded by `db_statement_timeout`, and turns any sign that the database cannot be
-reached in time into `DatabaseUnavailable` (a 503 with Retry-After). No domain SQL here: each
-table's statements live in their own module of this package.
+reached in time into `DatabaseUnavailable` (a 503 with Retry-After): a lost or shut-down server,
+a read-only one (a demoted primary after a failover), no writable host among DATABASE_URL's.
+No domain SQL here: each table's statements live in their own module of this package.
+
+Cancellation-safe: a connection is handed back to the pool only when its state is certain
+(`_state_is_known`): the server answered the last message, or the error came from our own rules
+between statements. After anything else (a cancellation or a timeout while BEGIN, a statement or
+COMMIT was in flight, a driver error, a lost or read-only server) it is terminated, which makes
+the server roll back whatever it still runs, and the next borrower gets a fresh connection.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
@@ -16,7 +22,7 @@ from typing import Any, Protocol
 
 import asyncpg
 
-from service.errors import DatabaseUnavailable
+from service.errors import ApiError, DatabaseUnavailable
 from service.settings import Settings
 from service.store.pool import ConnectionPool
 
@@ -25,7 +31,13 @@ def is_unavailable(error: BaseException) -> bool:
     """Whether `error` means "PostgreSQL cannot be reached in time" rather than a bug of ours."""
     if isinstance(error, (OSError, TimeoutError, asyncpg.PostgresConnectionError,
                           asyncpg.exceptions.OperatorInterventionError, asyncpg.TooManyConnectionsError,
-                          asyncpg.exceptions.ConnectionFailureError)):
+                          asyncpg.exceptions.ConnectionFailureError,
+                          # A failover: the server became a standby, or no host of the DSN is writable
+                          # (TargetServerAttributeNotMatched), or a connection that sat idle in the pool
+                          # got a shutting-down server's last message before its socket closed, so the
+                          # driver refuses to use it ("another operation is in progress").
+                          asyncpg.exceptions.ReadOnlySQLTransactionError,
+                          asyncpg.exceptions.InternalClientError)):
         return True
     # asyncpg reports use of a connection or pool that was closed under it as an InterfaceError.
     return isinstance(error, asyncpg.InterfaceError) and "clos" in str(error)
@@ -51,7 +63,8 @@ async def create_pool(settings: Settings, *, size: int | None = None, applicatio
 
     # The statement timeout is the pool's hold limit (its watchdog ends a connection held longer),
     # not asyncpg's command_timeout, which arms a timer for every statement.
-    pool = ConnectionPool(connect, size or settings.db_pool_size, hold_seconds=settings.db_statement_timeout)
+    pool = ConnectionPool(connect, size or settings.db_pool_size, hold_seconds=settings.db_statement_timeout,
+                          max_lifetime=settings.db_max_connection_lifetime)
     try:
         await pool.fill()
     except BaseException:
@@ -72,16 +85,22 @@ class Executor(Protocol):
     async def execute(self, query: str, *args: Any) -> str: ...
 
 
-def _drop_if_suspect(connection: asyncpg.Connection, error: BaseException) -> None:
-    """Close at once a connection whose statement timed out, was cancelled or lost its server.
+def _state_is_known(error: BaseException) -> bool:
+    """Whether a connection is certainly usable (idle, or in a transaction that can be rolled back) after `error`.
 
-    Its server may be hung, or still running the statement asyncpg has sent a cancel request
-    for; the connection cannot be trusted with the next request. A closed connection leaves
-    the pool on release, and the pool opens a fresh one when it is next needed.
+    A server-reported error comes with the server's ReadyForQuery, and an error of our own rules
+    is raised between statements; anything else may leave a message in flight.
     """
-    if isinstance(error, asyncio.CancelledError) or is_unavailable(error):
-        with contextlib.suppress(asyncpg.InterfaceError):  # already closed and handed back
-            connection.terminate()
+    cause = error.__cause__ if isinstance(error, DatabaseUnavailable) else error
+    if isinstance(cause, asyncpg.PostgresError):
+        return not is_unavailable(cause)  # a server going away, or read-only, is not kept
+    return isinstance(error, ApiError) and not isinstance(error, DatabaseUnavailable)
+
+
+def _terminate(connection: asyncpg.Connection) -> None:
+    """End a connection at once (the server rolls back); it leaves the pool on release."""
+    with contextlib.suppress(asyncpg.InterfaceError):  # already closed and handed back
+        connection.terminate()
 
 
 def _raise_if_unavailable(error: Exception) -> None:
@@ -152,7 +171,8 @@ class Database(_Statements):
             try:
                 return await getattr(connection, method)(query, *args)
             except BaseException as error:
-                _drop_if_suspect(connection, error)
+                if not _state_is_known(error):
+                    _terminate(connection)
                 raise
             finally:
                 self.pool.release(connection)
@@ -162,30 +182,33 @@ class Database(_Statements):
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
-        """A transaction on one pooled connection: committed if the block ends normally."""
+        """A transaction on one pooled connection: committed if the block ends normally.
+
+        BEGIN and COMMIT are plain statements (no driver-side transaction object to keep in step);
+        errors of BEGIN and COMMIT are mapped like a statement's, the block's own pass through.
+        """
         try:
             connection = await self.acquire()
         except Exception as error:
             _raise_if_unavailable(error)
             raise
+        in_block = False
         try:
-            transaction = connection.transaction()
-            try:
-                await transaction.start()
-            except Exception as error:
-                _raise_if_unavailable(error)
-                raise
+            await connection.execute("BEGIN")
+            in_block = True
             try:
                 yield Transaction(connection)
             except BaseException as error:
-                _drop_if_suspect(connection, error.__cause__ or error)
-                if not connection.is_closed():
-                    await transaction.rollback()
+                if _state_is_known(error):
+                    await connection.execute("ROLLBACK")
                 raise
-            try:
-                await transaction.commit()
-            except Exception as error:
+            in_block = False
+            await connection.execute("COMMIT")
+        except BaseException as error:
+            if not _state_is_known(error) or connection.is_in_transaction():
+                _terminate(connection)
+            if not in_block and isinstance(error, Exception):
                 _raise_if_unavailable(error)
-                raise
+            raise
         finally:
             self.pool.release(connection)

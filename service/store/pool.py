@@ -21,6 +21,10 @@ timers per call:
   there is nothing else to reset, and no reset round trip.
 * A connection whose server went away while it was idle is noticed (asyncpg marks it closed
   when the socket drops) and replaced on the next acquire.
+* A connection lives at most `max_lifetime` seconds: an idle one past it is terminated (it is
+  idle, so the server has nothing to roll back) by the acquire that would have taken it, or by
+  the watchdog, and a fresh one opened in its slot. So a pool follows a failover or a DNS change
+  within that time even if no error ever told it to.
 """
 
 from __future__ import annotations
@@ -44,17 +48,19 @@ class PoolClosedError(asyncpg.InterfaceError):
 
 
 class ConnectionPool:
-    __slots__ = ("_busy", "_closing", "_connect", "_idle", "_loop", "_open", "_waiters", "_watchdog",
-                 "hold_seconds", "size")
+    __slots__ = ("_born", "_busy", "_closing", "_connect", "_idle", "_loop", "_open", "_waiters", "_watchdog",
+                 "hold_seconds", "max_lifetime", "size")
 
-    def __init__(self, connect: Connect, size: int, hold_seconds: float) -> None:
+    def __init__(self, connect: Connect, size: int, hold_seconds: float, max_lifetime: float = 3600.0) -> None:
         """A pool for the running event loop; `fill` opens its connections."""
         self._loop = asyncio.get_running_loop()
         self._connect = connect
         self.size = size
         self.hold_seconds = hold_seconds
+        self.max_lifetime = max_lifetime
         self._idle: list[asyncpg.Connection] = []
         self._busy: dict[asyncpg.Connection, float] = {}  # checked out -> loop time of the checkout
+        self._born: dict[asyncpg.Connection, float] = {}  # open -> loop time it was opened
         # In line for a connection: a future that gets one, or None ("a slot is free: open a
         # connection"), and the loop time at which its wait ends.
         self._waiters: deque[tuple[asyncio.Future[asyncpg.Connection | None], float]] = deque()
@@ -87,10 +93,11 @@ class ConnectionPool:
         idle = self._idle
         while idle:
             connection = idle.pop()
-            if not connection.is_closed():
-                self._busy[connection] = self._loop.time()
+            now = self._loop.time()
+            if not connection.is_closed() and now - self._born[connection] <= self.max_lifetime:
+                self._busy[connection] = now
                 return connection
-            self._open -= 1  # its server went away while it was idle
+            self._end(connection)  # its server went away while it was idle, or it is too old
         if self._open < self.size:
             return await self._open_connection()
         return await self._wait_in_line(wait_seconds)
@@ -127,7 +134,7 @@ class ConnectionPool:
             self._open -= 1
             self._pass_free_slot()
             raise
-        self._busy[connection] = self._loop.time()
+        self._busy[connection] = self._born[connection] = self._loop.time()
         return connection
 
     def _pass_free_slot(self) -> None:
@@ -143,10 +150,7 @@ class ConnectionPool:
         """Give a connection back: to the first waiter, else to the idle list (or end it; see module)."""
         self._busy.pop(connection, None)
         if self._closing or connection.is_closed() or connection.is_in_transaction():
-            if not connection.is_closed():
-                connection.terminate()
-            self._open -= 1
-            self._pass_free_slot()
+            self._end(connection)
             return
         waiters = self._waiters
         while waiters:
@@ -156,6 +160,14 @@ class ConnectionPool:
                 waiter.set_result(connection)
                 return
         self._idle.append(connection)
+
+    def _end(self, connection: asyncpg.Connection) -> None:
+        """Terminate a connection that leaves the pool, and give its slot to the next in line."""
+        if not connection.is_closed():
+            connection.terminate()
+        self._born.pop(connection, None)
+        self._open -= 1
+        self._pass_free_slot()
 
     async def _watch(self) -> None:
         """Every WATCH_SECONDS: time out waiters whose wait is over, end checkouts held too long."""
@@ -169,6 +181,10 @@ class ConnectionPool:
                 for waiter, deadline in waiting:
                     if deadline <= now:
                         waiter.set_exception(TimeoutError("no pooled connection came free in time"))
+            expired = [connection for connection in self._idle if now - self._born[connection] > self.max_lifetime]
+            for connection in expired:
+                self._idle.remove(connection)
+                self._end(connection)
             overdue = [connection for connection, since in self._busy.items() if now - since > self.hold_seconds]
             for connection in overdue:
                 del self._busy[connection]
@@ -190,6 +206,8 @@ class ConnectionPool:
                 waiter.set_exception(PoolClosedError("the connection pool is closing"))
         idle, self._idle = self._idle, []
         self._open -= len(idle)
+        for connection in idle:
+            self._born.pop(connection, None)
         results = await asyncio.gather(*(connection.close(timeout=grace_seconds) for connection in idle),
                                        return_exceptions=True)
         for connection, result in zip(idle, results, strict=True):

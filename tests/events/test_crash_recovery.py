@@ -1,9 +1,12 @@
 """docs/api.md §6 across a crash: SIGKILL in the middle of a write storm loses no acknowledged write or event.
 
 A `serve` process (one worker) takes creates and updates from many concurrent clients; once a few
-hundred have been acknowledged, it is killed with SIGKILL, and so is its private redis-server
-(append-only, `appendfsync always`: what it acknowledged is in its file), as when their host
-dies. Both are started again. Then:
+hundred have been acknowledged, it is killed with SIGKILL, and so is its Redis where that Redis
+keeps what it acknowledged, as when their host dies: a private AOF server (`appendfsync
+everysec`, the relay confirming each batch with WAITAOF) or a private Redis 7.0 with
+`appendfsync always`. On the `none` backend (no persistence) only the service is killed: a
+crash of that Redis loses the stream, which is that mode's documented caveat. Both are started
+again. Then:
 
 * every conversation a 201 named is in PostgreSQL, and each holds what the last acknowledged
   update said, or what the one update in flight at the kill would have made of it (a write
@@ -17,25 +20,22 @@ dies. Both are started again. Then:
 from __future__ import annotations
 
 import asyncio
-import itertools
-import random
 import signal
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import asyncpg
-import httpx
 import msgspec
 import pytest
 import redis.asyncio as aioredis
 
 from service.settings import Settings
-from tests.conftest import Account, wait_for
+from tests.backends import RedisBackend
+from tests.conftest import Account, new_account, wait_for
 from tests.http_helpers import CONVERSATION_FIELDS
 from tests.servers import RedisServer, ServiceProcess
+from tests.write_storm import Storm, applied, client_loop
 
 pytestmark = pytest.mark.slow
 
@@ -44,94 +44,49 @@ KILL_AFTER_WRITES = 1500
 STORM_LIMIT_SECONDS = 60
 
 
-@dataclass
-class Tracked:
-    """What one client knows of one of its conversations (only its creator writes to it)."""
-
-    acknowledged: dict[str, Any]  # the last 2xx response body
-    version: int  # its ETag
-    in_flight: dict[str, Any] | None = None  # the update body sent when the process died, if any
-
-
-@dataclass
-class Storm:
-    tracked: dict[str, Tracked] = field(default_factory=dict)
-    acknowledged_writes: list[tuple[str, int, dict[str, Any]]] = field(default_factory=list)  # (id, ETag, body)
-    creates_in_flight: int = 0
-    failures: list[str] = field(default_factory=list)  # anything but a 2xx or a dropped connection
-    dropped: int = 0
+@pytest.fixture
+def private_redis(tmp_path: Path, redis_backend: RedisBackend) -> Iterator[RedisServer | None]:
+    """A server of the backend's kind to kill with the service, if that kind survives its crash."""
+    if not redis_backend.keeps_published_events:
+        yield None
+        return
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    server = redis_backend.private(directory).start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    directory = tmp_path / "redis"
+def fsync_always_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    directory = tmp_path / "redis-always"
     directory.mkdir()
     server = RedisServer(directory, appendonly=True, appendfsync="always").start()
     yield server
     server.stop()
 
 
-def etag(response: httpx.Response) -> int:
-    return int(response.headers["etag"].strip('"'))
+async def test_a_sigkilled_service_and_redis_lose_no_acknowledged_write_and_no_event(
+        settings: Settings, account: Account, db: asyncpg.Connection, private_redis: RedisServer | None,
+        redis_backend: RedisBackend, tmp_path: Path, ci_report):
+    await storm_then_crash(settings, account, db, private_redis, f"{redis_backend.durability} backend", tmp_path,
+                           ci_report)
 
 
-def applied(conversation: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """The conversation after `update` (every update here sets fields; last_active_at only moves forward)."""
-    result = {**conversation, **update}
-    if "last_active_at" in update and conversation["last_active_at"] is not None:
-        result["last_active_at"] = max(conversation["last_active_at"], update["last_active_at"])
-    return result
+async def test_a_sigkilled_service_and_fsync_always_redis_lose_no_acknowledged_write_and_no_event(
+        database_url: str, stream_name: str, db: asyncpg.Connection, fsync_always_redis: RedisServer,
+        tmp_path: Path, ci_report):
+    settings = Settings(database_url=database_url, redis_url=fsync_always_redis.url, events_stream=stream_name)
+    account = await new_account(settings)
+    await storm_then_crash(settings, account, db, fsync_always_redis, "fsync-always Redis 7.0", tmp_path, ci_report)
 
 
-async def client_loop(number: int, base_url: str, token: str, storm: Storm, stop: asyncio.Event) -> None:
-    chooser = random.Random(number)
-    mine: list[str] = []
-    counter = itertools.count(1)
-    async with httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {token}"},
-                                 timeout=10) as http:
-        while not stop.is_set():
-            n = next(counter)
-            if not mine or chooser.random() < 0.35:
-                storm.creates_in_flight += 1
-                try:
-                    response = await http.post("/v1/conversations", json={"contact_id": f"storm_{number}_{n}"})
-                except httpx.TransportError:
-                    storm.dropped += 1
-                    return  # the process is gone; this create's outcome is unknown
-                finally:
-                    storm.creates_in_flight -= 1
-                if response.status_code != 201:
-                    storm.failures.append(f"POST {response.status_code} {response.text}")
-                    continue
-                body = response.json()
-                mine.append(body["id"])
-                storm.tracked[body["id"]] = Tracked(body, etag(response))
-                storm.acknowledged_writes.append((body["id"], etag(response), body))
-                continue
-            conversation_id = chooser.choice(mine)
-            tracked = storm.tracked[conversation_id]
-            update: dict[str, Any] = {"pinned_message_id": f"msg_{number}_{n}",  # always an effective change
-                                      "last_active_at": 1_700_000_000 + n}
-            if chooser.random() < 0.5:
-                update["is_muted"] = not tracked.acknowledged["is_muted"]
-            tracked.in_flight = update
-            try:
-                response = await http.put(f"/v1/conversations/{conversation_id}", json=update)
-            except httpx.TransportError:
-                storm.dropped += 1
-                return  # tracked.in_flight stays: it may or may not have committed
-            tracked.in_flight = None
-            if response.status_code != 200:
-                storm.failures.append(f"PUT {response.status_code} {response.text}")
-                continue
-            tracked.acknowledged, tracked.version = response.json(), etag(response)
-            storm.acknowledged_writes.append((conversation_id, tracked.version, tracked.acknowledged))
-
-
-async def test_a_sigkilled_service_loses_no_acknowledged_write_and_no_event(
-        settings: Settings, account: Account, db: asyncpg.Connection, redis_server: RedisServer, tmp_path: Path):
+async def storm_then_crash(settings: Settings, account: Account, db: asyncpg.Connection,
+                           redis_server: RedisServer | None, what: str, tmp_path: Path, ci_report) -> None:
+    """The storm, the SIGKILL of the service (and of `redis_server`, if given), the restart and the checks."""
     stream = settings.events_stream
-    env = {"DATABASE_URL": settings.database_url, "REDIS_URL": redis_server.url, "EVENTS_STREAM": stream}
+    redis_url = redis_server.url if redis_server is not None else settings.redis_url
+    env = {"DATABASE_URL": settings.database_url, "REDIS_URL": redis_url, "EVENTS_STREAM": stream}
     service = ServiceProcess(env, log_path=tmp_path / "serve.log").start()  # --workers 1
     storm, stop = Storm(), asyncio.Event()
     clients = [asyncio.create_task(client_loop(n, service.base_url, account.token, storm, stop))
@@ -141,7 +96,8 @@ async def test_a_sigkilled_service_loses_no_acknowledged_write_and_no_event(
                        timeout=STORM_LIMIT_SECONDS)
         service.signal(signal.SIGKILL)  # the whole process group, mid-storm
         await asyncio.to_thread(service.process.wait, 10)
-        redis_server.kill()  # its host went down with it
+        if redis_server is not None:
+            redis_server.kill()  # its host went down with it
         killed_at = time.monotonic()
         backlog_at_kill = await db.fetchval("SELECT count(*) FROM conversation_outbox WHERE stream = $1", stream)
         stop.set()
@@ -153,14 +109,15 @@ async def test_a_sigkilled_service_loses_no_acknowledged_write_and_no_event(
     assert storm.dropped > 0  # the kill really hit requests in flight
     in_flight_updates = sum(t.in_flight is not None for t in storm.tracked.values())
 
-    redis_server.start()  # the same directory: it loads its append-only file
+    if redis_server is not None:
+        redis_server.start()  # the same directory: it loads its append-only file
     restarted = ServiceProcess(env, log_path=tmp_path / "restarted.log").start()
     try:
         await wait_for(lambda: _outbox_is_empty(db, stream), timeout=20)
         drained_in = time.monotonic() - killed_at
         rows = {row["id"]: row for row in await db.fetch(
             "SELECT * FROM conversations WHERE account_id = $1", account.id)}
-        stream_reader = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+        stream_reader = aioredis.Redis.from_url(redis_url, decode_responses=True)
         try:
             stream_entries = list(await stream_reader.xrange(stream, "-", "+"))
         finally:
@@ -197,6 +154,10 @@ async def test_a_sigkilled_service_loses_no_acknowledged_write_and_no_event(
                  for f in first_copies.values()}
     lost = [(cid, version) for cid, version, body in storm.acknowledged_writes
             if published.get((cid, version)) != body]
+    ci_report(f"CRASH ({what}): {len(storm.acknowledged_writes)} writes acknowledged, "
+              f"{len(first_copies)} events found ({len(stream_entries)} entries), {len(lost)} lost, {duplicates} "
+              f"duplicated; {storm.dropped} requests cut, {in_flight_updates} updates in flight; outbox backlog at "
+              f"the kill {backlog_at_kill}; drained {drained_in:.2f} s after the kill")
     assert lost == [], lost[:5]
     out_of_order = {cid: [int(f["sequence"]) for f in events] for cid, events in by_conversation.items()
                     if [int(f["sequence"]) for f in events] != list(range(1, len(events) + 1))}
@@ -206,10 +167,6 @@ async def test_a_sigkilled_service_loses_no_acknowledged_write_and_no_event(
                    if (int(by_conversation[cid][-1]["sequence"]), msgspec.json.decode(by_conversation[cid][-1]["data"]))
                    != (row["version"], {name: row[name] for name in CONVERSATION_FIELDS})]
     assert disagreeing == []
-    print(f"\nMEASURED crash: {len(storm.acknowledged_writes)} writes acknowledged before the SIGKILL "
-          f"({len(storm.tracked)} conversations), {storm.dropped} requests cut, {in_flight_updates} updates in "
-          f"flight; outbox backlog at the kill {backlog_at_kill}; after restart all {len(stream_entries)} entries "
-          f"({duplicates} duplicates) published {drained_in:.2f} s after the kill")
 
 
 async def _outbox_is_empty(db: asyncpg.Connection, stream: str) -> bool:

@@ -14,6 +14,7 @@ from service.events.redis_client import create_redis
 from service.events.retention import Retention
 from service.events.stats import RelayStats
 from service.settings import Settings
+from tests.backends import RedisBackend, aof_server_binary
 from tests.servers import RedisServer
 from tests.stream_helpers import wait_for_entries
 
@@ -87,14 +88,22 @@ async def test_past_the_hard_maximum_unread_entries_are_dropped_logged_and_count
     assert any("dropped 300 entries" in record.getMessage() for record in caplog.records)
 
 
-@pytest.mark.parametrize(("appendonly", "appendfsync", "expected"), [
-    (False, "always", Durability.NONE),
-    (True, "everysec", Durability.AOF_UNCONFIRMED),
-    (True, "always", Durability.FSYNC_ALWAYS),
+@pytest.mark.parametrize(("server_kind", "appendonly", "appendfsync", "expected"), [
+    ("redis 7.0", False, "always", Durability.NONE),
+    ("redis 7.0", True, "everysec", Durability.AOF_UNCONFIRMED),
+    ("redis 7.0", True, "always", Durability.FSYNC_ALWAYS),
+    ("aof server >= 7.2", False, "everysec", Durability.NONE),
+    ("aof server >= 7.2", True, "everysec", Durability.WAITAOF),
+    ("aof server >= 7.2", True, "always", Durability.WAITAOF),
+    # WAITAOF never confirms a local fsync that the server never does.
+    ("aof server >= 7.2", True, "no", Durability.AOF_UNCONFIRMED),
 ])
 async def test_the_relay_detects_what_durability_the_redis_server_offers(
-        settings: Settings, tmp_path: Path, appendonly: bool, appendfsync: str, expected: Durability):
-    server = RedisServer(tmp_path, appendonly=appendonly, appendfsync=appendfsync).start()
+        database_url: str, tmp_path: Path, server_kind: str, appendonly: bool, appendfsync: str,
+        expected: Durability):
+    binary = "redis-server" if server_kind == "redis 7.0" else aof_server_binary()
+    server = RedisServer(tmp_path, appendonly=appendonly, appendfsync=appendfsync, binary=binary).start()
+    settings = Settings(database_url=database_url)
     client = create_redis(msgspec.structs.replace(settings, redis_url=server.url))
     try:
         assert await detect_durability(client) is expected
@@ -103,11 +112,11 @@ async def test_the_relay_detects_what_durability_the_redis_server_offers(
         server.stop()
 
 
-async def test_the_relay_warns_once_when_redis_keeps_nothing_on_disk(settings: Settings, api, caplog,
-                                                                     redis_client):
+async def test_the_relay_warns_once_when_redis_is_not_crash_safe_and_never_when_it_is(
+        settings: Settings, api, caplog, redis_client, redis_backend: RedisBackend):
     for n in range(5):
         await api.post("/v1/conversations", json={"contact_id": f"c{n}"})
         await wait_for_entries(redis_client, settings.events_stream, n + 1)
     records = caplog.get_records("setup") + caplog.records  # the relay warns as it starts
     warnings = [r for r in records if "not crash-safe" in r.getMessage()]
-    assert len(warnings) == 1
+    assert len(warnings) == (0 if redis_backend.keeps_published_events else 1)

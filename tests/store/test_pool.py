@@ -181,3 +181,34 @@ async def test_a_pool_that_fails_to_fill_closes_the_connections_it_opened(settin
     await pool.close()
     assert len(opened) == 2 and all(connection.is_closed() for connection in opened)
     assert pool.open_count() == 0
+
+
+async def test_a_connection_past_its_lifetime_is_not_handed_out_again(settings: Settings):
+    pool = await create_pool(msgspec.structs.replace(settings, db_max_connection_lifetime=0.3), size=1)
+    try:
+        first = await pool.acquire(1.0)
+        pid = await backend_pid(first)
+        await asyncio.sleep(0.4)  # checked out meanwhile: the watchdog leaves it alone
+        pool.release(first)
+        second = await pool.acquire(1.0)
+        assert first.is_closed() and await backend_pid(second) != pid
+        assert pool.open_count() == 1
+        pool.release(second)
+    finally:
+        await pool.close()
+
+
+async def test_an_idle_connection_past_its_lifetime_is_ended_by_the_watchdog(settings: Settings):
+    pool = await create_pool(msgspec.structs.replace(settings, db_max_connection_lifetime=0.3), size=2)
+    try:
+        idle = [await pool.acquire(1.0), await pool.acquire(1.0)]
+        for connection in idle:
+            pool.release(connection)
+        await asyncio.sleep(0.6)  # lifetime, plus a watchdog period or two
+        assert all(connection.is_closed() for connection in idle)
+        assert pool.open_count() == 0 and pool.idle_count() == 0
+        fresh = await pool.acquire(1.0)
+        assert fresh not in idle and await fresh.fetchval("SELECT 1") == 1
+        pool.release(fresh)
+    finally:
+        await pool.close()

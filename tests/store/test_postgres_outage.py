@@ -23,12 +23,15 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
 import httpx
 import msgspec
 import pytest
+import redis.asyncio as aioredis
 
 from service.settings import Settings
 from service.store.migrate import migrate
+from tests.backends import private_aof_server
 from tests.conftest import Account, database_url_for, new_account, wait_for
 from tests.private_postgres import PrivatePostgres
 from tests.servers import ServiceProcess
@@ -272,3 +275,75 @@ async def _health_meanwhile(client: httpx.AsyncClient, since: float) -> list[Cal
 
 async def _status_is(client: httpx.AsyncClient, path: str, status: int) -> bool:
     return (await client.get(path)).status_code == status
+
+
+BACKLOG_WRITES = 300
+
+
+async def test_a_postgres_crash_with_committed_unpublished_events_loses_none_of_them(
+        cluster: PrivatePostgres, outage_settings: Settings, outage_account: Account, tmp_path: Path, ci_report):
+    """Redis down, so every write's event waits in the outbox; then PostgreSQL crashes (immediate stop).
+
+    After both are back, every acknowledged write's event is on the stream (with the response's body).
+    """
+    (tmp_path / "redis").mkdir()
+    redis_server = private_aof_server(tmp_path / "redis").start()
+    stream = outage_settings.events_stream
+    env = {"DATABASE_URL": outage_settings.database_url, "REDIS_URL": redis_server.url, "EVENTS_STREAM": stream}
+    process = ServiceProcess(env, log_path=tmp_path / "serve.log").start()
+    acknowledged: dict[tuple[str, int], dict] = {}
+    try:
+        redis_server.kill()
+        async with httpx.AsyncClient(base_url=process.base_url, timeout=30,
+                                     headers={"Authorization": f"Bearer {outage_account.token}"}) as http:
+
+            async def writer(number: int) -> None:
+                created = await http.post("/v1/conversations", json={"contact_id": f"backlog_{number}"})
+                assert created.status_code == 201, created.text
+                acknowledged[(created.json()["id"], 1)] = created.json()
+                updated = await http.put(f"/v1/conversations/{created.json()['id']}", json={"is_muted": True})
+                assert updated.status_code == 200, updated.text
+                acknowledged[(updated.json()["id"], 2)] = updated.json()
+
+            await asyncio.gather(*(writer(n) for n in range(BACKLOG_WRITES // 2)))
+        backlog = await _outbox_rows(outage_settings.database_url, stream)
+        await asyncio.to_thread(cluster.stop, "immediate")  # a crash, with the backlog committed
+        redis_server.start()  # the same directory
+        await asyncio.to_thread(cluster.start)
+        await wait_for(lambda: _outbox_rows_are(outage_settings.database_url, stream, 0), timeout=20, interval=0.2)
+        reader = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+        try:
+            found = await entries(reader, stream)
+        finally:
+            await reader.aclose()
+    finally:
+        process.stop()
+        redis_server.stop()
+        if not cluster.is_running():
+            await asyncio.to_thread(cluster.start)
+    first_copies: dict[str, dict[str, str]] = {}
+    for _, fields in found:
+        first_copies.setdefault(fields["id"], fields)
+    published = {(f["conversation_id"], int(f["sequence"])): msgspec.json.decode(f["data"])
+                 for f in first_copies.values()}
+    lost = [key for key, body in acknowledged.items() if published.get(key) != body]
+    ci_report(f"POSTGRES CRASH WITH BACKLOG: {len(acknowledged)} writes acknowledged while Redis was down "
+              f"(outbox backlog {backlog} at the crash), {len(first_copies)} events found, {len(lost)} lost, "
+              f"{len(found) - len(first_copies)} duplicated")
+    assert backlog >= len(acknowledged)
+    assert lost == []
+
+
+async def _outbox_rows(database_url: str, stream: str) -> int:
+    connection = await asyncpg.connect(database_url)
+    try:
+        return await connection.fetchval("SELECT count(*) FROM conversation_outbox WHERE stream = $1", stream)
+    finally:
+        await connection.close()
+
+
+async def _outbox_rows_are(database_url: str, stream: str, expected: int) -> bool:
+    try:
+        return await _outbox_rows(database_url, stream) == expected
+    except (OSError, asyncpg.PostgresError):  # not accepting connections yet
+        return False

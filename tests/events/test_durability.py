@@ -1,0 +1,158 @@
+"""docs/api.md §6 durability: which the relay detected, shown on /ready and /metrics, and required when asked.
+
+The relay deletes an outbox row only once Redis confirmed its entry as far as the server can
+(WAITAOF on an AOF server >= 7.2); /ready's body and /metrics say which durability that is; with
+EVENTS_REQUIRE_DURABLE the relay publishes nothing while Redis is not crash-safe, and /ready says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import asyncpg
+import msgspec
+import redis.asyncio as aioredis
+
+from service.http.app import create_app
+from service.settings import Settings
+from tests.asgi import Lifespan, client_for
+from tests.backends import RedisBackend, private_aof_server
+from tests.conftest import Account, new_account, wait_for
+from tests.http.test_observability import metric_value
+from tests.servers import RedisServer
+from tests.stream_helpers import entries, wait_for_entries
+
+DURABILITIES = ("waitaof", "fsync-always", "aof-unconfirmed", "none")
+HELD_SECONDS = 2.0  # how long a test watches the outbox keep what the relay must not publish yet
+
+
+async def waitaof_calls(redis: aioredis.Redis) -> int:
+    stats = await redis.info("commandstats")
+    return int(stats.get("cmdstat_waitaof", {}).get("calls", 0))
+
+
+async def outbox_rows(db: asyncpg.Connection, stream: str) -> int:
+    return await db.fetchval("SELECT count(*) FROM conversation_outbox WHERE stream = $1", stream)
+
+
+async def stays_in_the_outbox(db: asyncpg.Connection, stream: str, rows: int) -> None:
+    """The outbox keeps exactly `rows` rows of `stream` for HELD_SECONDS, sampled every 0.1 s."""
+    deadline = time.monotonic() + HELD_SECONDS
+    while time.monotonic() < deadline:
+        assert await outbox_rows(db, stream) == rows
+        await asyncio.sleep(0.1)
+
+
+async def test_each_backend_is_published_through_its_own_path(
+        api, app, settings: Settings, redis_client, redis_backend: RedisBackend):
+    calls_before = await waitaof_calls(redis_client) if redis_backend.durability == "waitaof" else 0
+    for n in range(3):
+        assert (await api.post("/v1/conversations", json={"contact_id": f"path_{n}"})).status_code == 201
+    await wait_for_entries(redis_client, settings.events_stream, 3)
+    assert app.state.relay.stats.durability.value == redis_backend.durability
+    if redis_backend.durability == "waitaof":  # fails if the WAITAOF branch is never taken
+        assert await waitaof_calls(redis_client) > calls_before
+
+
+async def test_ready_and_metrics_report_the_durability_the_relay_detected(
+        api, anonymous, settings: Settings, redis_client, redis_backend: RedisBackend):
+    await api.post("/v1/conversations", json={"contact_id": "visible"})
+    await wait_for_entries(redis_client, settings.events_stream, 1)
+    ready = await anonymous.get("/ready")
+    assert ready.status_code == 200
+    assert ready.json()["events_durability"] == redis_backend.durability
+    assert ready.json()["events_held"] is None
+    metrics = (await anonymous.get("/metrics")).text
+    for mode in DURABILITIES:
+        expected = 1.0 if mode == redis_backend.durability else 0.0
+        assert metric_value(metrics, "conversations_events_durability", mode=mode) == expected
+    assert metric_value(metrics, "conversations_events_held") == 0.0
+
+
+async def test_required_durability_on_a_redis_without_persistence_keeps_events_in_the_outbox_and_ready_says_why(
+        settings: Settings, account: Account, redis_client, db: asyncpg.Connection, redis_backend: RedisBackend,
+        tmp_path: Path):
+    server = redis_backend.private(tmp_path, extra=("--appendonly", "no")).start()
+    settings = msgspec.structs.replace(settings, redis_url=server.url, events_require_durable=True)
+    try:
+        async with Lifespan(app := create_app(settings)), client_for(app, account.token) as api:
+            assert (await api.post("/v1/conversations", json={"contact_id": "held"})).status_code == 201
+            await stays_in_the_outbox(db, settings.events_stream, 1)
+            reader = aioredis.Redis.from_url(server.url, decode_responses=True)
+            try:
+                assert await entries(reader, settings.events_stream) == []
+            finally:
+                await reader.aclose()
+            ready = await api.get("/ready")
+            assert ready.status_code == 200  # the API works; only the events wait
+            body = ready.json()
+            assert body["events_durability"] == "none"
+            assert "EVENTS_REQUIRE_DURABLE" in body["events_held"] and "none" in body["events_held"]
+            metrics = (await api.get("/metrics")).text
+            assert metric_value(metrics, "conversations_events_held") == 1.0
+            assert metric_value(metrics, "conversations_events_durability", mode="none") == 1.0
+    finally:
+        server.stop()
+
+
+async def test_held_events_are_published_once_redis_becomes_crash_safe_without_a_restart(
+        settings: Settings, account: Account, db: asyncpg.Connection, redis_backend: RedisBackend,
+        tmp_path: Path):
+    server = redis_backend.private(tmp_path, extra=("--appendonly", "no")).start()
+    settings = msgspec.structs.replace(settings, redis_url=server.url, events_require_durable=True)
+    reader = aioredis.Redis.from_url(server.url, decode_responses=True)
+    try:
+        async with Lifespan(app := create_app(settings)), client_for(app, account.token) as api:
+            assert (await api.post("/v1/conversations", json={"contact_id": "held"})).status_code == 201
+            await wait_for(lambda: app.state.relay.hold_reason() is not None)
+            assert await outbox_rows(db, settings.events_stream) == 1
+            await reader.config_set("appendonly", "yes")
+            if redis_backend.durability == "none":  # Redis 7.0 has no WAITAOF: only fsync-always is crash-safe
+                await reader.config_set("appendfsync", "always")
+            await wait_for_entries(reader, settings.events_stream, 1, timeout=10)
+            await wait_for(lambda: _equals(outbox_rows(db, settings.events_stream), 0))
+            assert app.state.relay.hold_reason() is None
+            expected = "waitaof" if redis_backend.durability == "waitaof" else "fsync-always"
+            assert (await api.get("/ready")).json()["events_durability"] == expected
+    finally:
+        await reader.aclose()
+        server.stop()
+
+
+async def test_a_batch_whose_waitaof_is_not_confirmed_in_time_stays_in_the_outbox_and_goes_out_again(
+        database_url: str, stream_name: str, db: asyncpg.Connection, tmp_path: Path):
+    """WAITAOF asked for one replica's fsync while the primary has none: the server cannot confirm in time."""
+    (tmp_path / "primary").mkdir()
+    primary = private_aof_server(tmp_path / "primary").start()
+    replica: RedisServer | None = None
+    settings = Settings(database_url=database_url, redis_url=primary.url, events_stream=stream_name,
+                        db_pool_size=4, shutdown_timeout=4.0, events_waitaof_replicas=1)
+    account = await new_account(settings)
+    reader = aioredis.Redis.from_url(primary.url, decode_responses=True)
+    try:
+        async with Lifespan(app := create_app(settings)), client_for(app, account.token) as api:
+            created = await api.post("/v1/conversations", json={"contact_id": "unconfirmed"})
+            assert created.status_code == 201
+            await wait_for_entries(reader, stream_name, 1)  # XADDed, but not confirmed
+            await stays_in_the_outbox(db, stream_name, 1)
+            assert app.state.relay.stats.events_published == 0
+            (tmp_path / "replica").mkdir()
+            replica = private_aof_server(tmp_path / "replica", extra=("--replicaof", "127.0.0.1", str(primary.port)))
+            replica.start()
+            await wait_for(lambda: _equals(outbox_rows(db, stream_name), 0), timeout=15)
+            assert app.state.relay.stats.events_published == 1
+        copies = [fields for _, fields in await entries(reader, stream_name)]
+    finally:
+        await reader.aclose()
+        if replica is not None:
+            replica.stop()
+        primary.stop()
+    assert len(copies) >= 2  # published again after each unconfirmed attempt
+    assert {(c["id"], c["sequence"], c["conversation_id"]) for c in copies} == {
+        (copies[0]["id"], "1", created.json()["id"])}
+
+
+async def _equals(value, expected: int) -> bool:
+    return (await value) == expected
