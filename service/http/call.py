@@ -26,6 +26,10 @@ _CONTENT_LENGTH = b"content-length"
 _IDEMPOTENCY_KEY = b"idempotency-key"
 _IF_MATCH = b"if-match"
 
+# A version is the conversation's event sequence, a PostgreSQL bigint.
+MAX_VERSION = 2**63 - 1
+_MAX_VERSION_DIGITS = len(str(MAX_VERSION))
+
 T = TypeVar("T", bound=RequestAttributes)
 Work = Callable[[Executor], Awaitable[Reply]]
 
@@ -41,16 +45,19 @@ def raw_header(scope_headers: list[tuple[bytes, bytes]], name: bytes) -> bytes |
 def parse_if_match(value: bytes | None) -> list[int] | None:
     """The versions an If-Match header allows (None: any, as without the header or with `*`).
 
-    Only strong validators can match (RFC 9110 §13.1.1): a weak or malformed one matches
-    nothing, so a write conditioned on it fails its precondition.
+    Only strong validators can match, compared character by character (RFC 9110 §8.8.3.2): a
+    weak or malformed tag, one with leading zeros, or a number no version can reach (a bigint
+    holds versions) matches nothing, so a write conditioned on it fails its precondition (412).
     """
     if value is None or value.strip() == b"*":
         return None
     versions = []
     for candidate in value.split(b","):
         tag = candidate.strip()
-        if len(tag) >= 3 and tag[:1] == b'"' and tag[-1:] == b'"' and tag[1:-1].isdigit() and len(tag) < 22:
-            versions.append(int(tag[1:-1]))
+        digits = tag[1:-1]
+        if (tag[:1] == b'"' and tag[-1:] == b'"' and 0 < len(digits) <= _MAX_VERSION_DIGITS and digits.isdigit()
+                and digits[:1] != b"0" and int(digits) <= MAX_VERSION):
+            versions.append(int(digits))
     return versions
 
 
