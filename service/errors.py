@@ -12,7 +12,8 @@
     ├── PreconditionFailed        412  If-Match names a version the conversation no longer has
     ├── PayloadTooLarge           413  body over the limit (64 KiB)
     ├── UnsupportedMediaType      415  a body that is neither JSON nor form data
-    └── DatabaseUnavailable       503  PostgreSQL unreachable or too slow (Retry-After)
+    ├── DatabaseUnavailable       503  PostgreSQL unreachable or too slow (Retry-After)
+    └── ConversationBusy          503  a keyed write waited too long for another write's row lock (Retry-After)
 
 Anything else that escapes a handler is a 500 with a fixed body; its traceback goes to the log
 with the request id, never to the client. This module imports no other part of the service:
@@ -149,6 +150,17 @@ class DatabaseUnavailable(ApiError):
 
     def __init__(self) -> None:
         super().__init__("the database is unavailable; retry shortly",
+                         headers={"Retry-After": RETRY_AFTER_SECONDS})
+
+
+class ConversationBusy(ApiError):
+    """A keyed write's transaction bounds its lock waits; another write held the row past that."""
+
+    status_code = 503
+    error_type = "api_error"
+
+    def __init__(self) -> None:
+        super().__init__("another write to this conversation is taking long; retry shortly",
                          headers={"Retry-After": RETRY_AFTER_SECONDS})
 
 

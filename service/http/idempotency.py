@@ -5,7 +5,8 @@ account), then makes the change (and its outbox event), then stores the reply, a
 three together. A retry with the same key and the same request gets the stored status, body and
 headers back, and changes nothing (so no second event); the same key with another method, path
 or body is a 400 naming the header. A retry that arrives while the first is still running waits
-for it (up to the store's LOCK_WAIT), then replays its answer; past that it is a 409. Keys are
+for it (up to the store's LOCK_WAIT), then replays its answer; past that it is a 409. A write
+that waits longer than LOCK_WAIT for another write's lock on its conversation is a 503. Keys are
 kept for the store's RETENTION; `purge_forever` deletes expired ones on its own schedule.
 
 Only outcomes of carrying out the write are stored (success, and the errors marked
@@ -23,7 +24,7 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
-from service.errors import ApiError, IdempotencyKeyInUse, InvalidRequest, encode_error
+from service.errors import ApiError, ConversationBusy, IdempotencyKeyInUse, InvalidRequest, encode_error
 from service.http.reply import Reply
 from service.store import idempotency_keys
 from service.store.database import Database, Executor
@@ -69,6 +70,10 @@ async def run_once(db: Database, account_id: str, key: str, request_fingerprint:
                          replayed=True)
         try:
             reply = await work(transaction)
+        except asyncpg.LockNotAvailableError:
+            # The transaction's lock wait bound also covers the conversation's row: a retry may
+            # succeed, and nothing is stored, so it may reuse the key.
+            raise ConversationBusy from None
         except ApiError as error:
             if not error.is_outcome:
                 raise  # nothing is stored: the transaction, and the claim, roll back

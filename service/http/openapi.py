@@ -149,7 +149,8 @@ _ERROR_DESCRIPTIONS = {
     413: f"The body is over {MAX_BODY_BYTES // 1024} KiB.",
     415: "The body is neither JSON nor form data.",
     500: "An unexpected error on our side (logged; the body has no details).",
-    503: "PostgreSQL is unreachable; retry after the Retry-After seconds.",
+    503: ("PostgreSQL is unreachable or too slow, or a write with an Idempotency-Key waited over 2 s for another "
+          "write to the conversation; retry after the Retry-After seconds."),
 }
 
 
