@@ -6,13 +6,17 @@
     ├── ConversationNotFound      404  no such conversation in the caller's account
     ├── RouteNotFound             404  no such path
     ├── MethodNotAllowed          405  the path exists, the method does not (Allow: ...)
+    ├── RequestHeadTimeout        408  the request head did not arrive in time (connection closed)
     ├── DuplicateConversation     409  the account already has one with this contact or group
     ├── ConcurrentChange          409  the conversation changed under the request (created and deleted meanwhile)
     ├── IdempotencyKeyInUse       409  a request with the same Idempotency-Key is still running
     ├── PreconditionFailed        412  If-Match names a version the conversation no longer has
     ├── PayloadTooLarge           413  body over the limit (64 KiB)
+    ├── RequestLineTooLong        414  request line over the limit (connection closed)
     ├── UnsupportedMediaType      415  a body that is neither JSON nor form data
+    ├── RequestHeadersTooLarge    431  header block over the limit, or too many headers (connection closed)
     ├── DatabaseUnavailable       503  PostgreSQL unreachable or too slow (Retry-After)
+    ├── AtCapacity                503  the process has as many requests or connections as it takes (Retry-After)
     └── ConversationBusy          503  a keyed write waited too long for another write's row lock (Retry-After)
 
 Anything else that escapes a handler is a 500 with a fixed body; its traceback goes to the log
@@ -142,6 +146,37 @@ class PayloadTooLarge(ApiError):
 
 class UnsupportedMediaType(ApiError):
     status_code = 415
+
+
+class RequestHeadTimeout(ApiError):
+    status_code = 408
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the request head (request line and headers) must arrive within {seconds:g} s")
+
+
+class RequestLineTooLong(ApiError):
+    status_code = 414
+
+    def __init__(self, limit_bytes: int) -> None:
+        super().__init__(f"the request line (method, path and query) must be at most {limit_bytes} bytes")
+
+
+class RequestHeadersTooLarge(ApiError):
+    status_code = 431
+
+    def __init__(self, limit_bytes: int, limit_count: int) -> None:
+        super().__init__(f"the request headers must be at most {limit_bytes} bytes in all, and at most "
+                         f"{limit_count} of them")
+
+
+class AtCapacity(ApiError):
+    status_code = 503
+    error_type = "api_error"
+
+    def __init__(self) -> None:
+        super().__init__("the server is at its limit of requests in progress; retry shortly",
+                         headers={"Retry-After": RETRY_AFTER_SECONDS})
 
 
 class DatabaseUnavailable(ApiError):

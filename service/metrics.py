@@ -39,6 +39,9 @@ EVENTS_PUBLISHED = Counter("conversations_events_published_total",
                            "Events the relay put on the stream (and removed from the outbox).")
 UNREAD_DROPPED = Counter("conversations_stream_unread_dropped_total",
                          "Stream entries a consumer group had not acknowledged, dropped past EVENTS_HARD_MAXLEN.")
+HTTP_REFUSED = Counter("conversations_http_refused_total",
+                       "Requests and connections the server refused before the app saw them, by status "
+                       "(408 head too slow, 414 and 431 head too large, 503 at capacity).", ["status"])
 POOL_IN_USE = Gauge("conversations_db_pool_connections_in_use",
                     "Request-pool connections checked out, summed over live workers.",
                     multiprocess_mode="livesum")

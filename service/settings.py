@@ -50,6 +50,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     redis_timeout: float = 2.0
     shutdown_timeout: float = 20.0
     token_cache_seconds: float = 5.0
+    # The HTTP front door (service/http/protocol.py): a client's request head is bounded in size
+    # and in time, and so is what one process takes on at once (docs/api.md §7.1).
+    http_max_url_bytes: int = 8 * 1024
+    http_max_header_bytes: int = 16 * 1024
+    http_max_headers: int = 100
+    http_header_timeout: float = 10.0
+    http_body_timeout: float = 30.0
+    http_keep_alive_timeout: float = 5.0
+    http_max_requests: int = 256
+    http_max_connections: int = 1000
 
     @property
     def relay_url(self) -> str:
@@ -138,6 +148,14 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "DB_STATEMENT_TIMEOUT": ("db_statement_timeout", _positive_float),
     "REDIS_TIMEOUT": ("redis_timeout", _positive_float),
     "SHUTDOWN_TIMEOUT": ("shutdown_timeout", _positive_float),
+    "HTTP_MAX_URL_BYTES": ("http_max_url_bytes", _positive_int),
+    "HTTP_MAX_HEADER_BYTES": ("http_max_header_bytes", _positive_int),
+    "HTTP_MAX_HEADERS": ("http_max_headers", _positive_int),
+    "HTTP_HEADER_TIMEOUT": ("http_header_timeout", _positive_float),
+    "HTTP_BODY_TIMEOUT": ("http_body_timeout", _positive_float),
+    "HTTP_KEEP_ALIVE_TIMEOUT": ("http_keep_alive_timeout", _positive_float),
+    "HTTP_MAX_REQUESTS": ("http_max_requests", _positive_int),
+    "HTTP_MAX_CONNECTIONS": ("http_max_connections", _positive_int),
 }
 
 ENVIRONMENT_VARIABLES = tuple(_VARIABLES)

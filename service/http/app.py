@@ -1,7 +1,7 @@
 """The Litestar application: its routes, its error handler, and the resources its lifespan owns.
 
-`create_app(settings)` is the only way to build it (tests pass their own Settings);
-`app_from_environment()` is the factory the ASGI server imports in each worker. The lifespan
+`create_app(settings)` is the only way to build it (tests pass their own Settings; the server's
+workers their environment's, server.py). The lifespan
 opens the request pool, the Redis client and the relay, and starts the idempotency-key purge;
 on shutdown (after the server has stopped taking requests and finished the ones in flight) it
 flushes the relay and closes them. No SQL and no request parsing here.
@@ -27,8 +27,7 @@ from service.http.mount import CONVERSATION_HANDLERS
 from service.http.observability import RequestObserver
 from service.http.openapi import SCHEMA_HANDLERS
 from service.http.status import STATUS_HANDLERS
-from service.logs import configure_logging
-from service.settings import Settings, load_settings
+from service.settings import Settings
 from service.store.database import Database, create_pool
 from service.store.pool import ConnectionPool
 
@@ -88,10 +87,3 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> RequestObserver
         logging_config=None,  # logging is service/logs.py's, set up once per process
         debug=False,
     ))
-
-
-def app_from_environment() -> RequestObserver:
-    """The ASGI server's factory: one app per worker, configured from the environment."""
-    settings = load_settings()
-    configure_logging(settings.log_level)  # workers are fresh interpreters: configure each
-    return create_app(settings)
