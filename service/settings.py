@@ -50,6 +50,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     redis_timeout: float = 2.0
     shutdown_timeout: float = 20.0
     token_cache_seconds: float = 5.0
+    # Tokens remembered per process, known and unknown alike (each its own cache of this size).
+    token_cache_size: int = 10_000
     # The HTTP front door (service/http/protocol.py): a client's request head is bounded in size
     # and in time, and so is what one process takes on at once (docs/api.md §7.1).
     http_max_url_bytes: int = 8 * 1024
@@ -148,6 +150,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "DB_STATEMENT_TIMEOUT": ("db_statement_timeout", _positive_float),
     "REDIS_TIMEOUT": ("redis_timeout", _positive_float),
     "SHUTDOWN_TIMEOUT": ("shutdown_timeout", _positive_float),
+    "TOKEN_CACHE_SIZE": ("token_cache_size", _positive_int),
     "HTTP_MAX_URL_BYTES": ("http_max_url_bytes", _positive_int),
     "HTTP_MAX_HEADER_BYTES": ("http_max_header_bytes", _positive_int),
     "HTTP_MAX_HEADERS": ("http_max_headers", _positive_int),

@@ -54,7 +54,7 @@ def _lifespan(settings: Settings, run_relay: bool) -> Callable[[Litestar], Abstr
         app.state.db = db
         app.state.redis = redis
         app.state.relay = relay
-        app.state.authenticator = TokenAuthenticator(db, settings.token_cache_seconds)
+        app.state.authenticator = TokenAuthenticator(db, settings.token_cache_seconds, settings.token_cache_size)
         app.state.conversations = Conversations(settings.events_stream)
         if run_relay:
             relay.start()
