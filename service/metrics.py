@@ -94,7 +94,10 @@ async def scrape_families(db_backlog: tuple[int, int | None] | None, redis: Redi
     """The scrape-time gauges: outbox backlog and age (from `db_backlog`), stream and groups (Redis)."""
     backlog, oldest = db_backlog if db_backlog is not None else (None, None)
     families = [
-        _gauge("conversations_outbox_backlog", "Events committed but not yet on the stream.", backlog),
+        _gauge("conversations_outbox_backlog",
+               "Events committed but not yet on the stream, counted up to a fixed limit (the oldest's age tells "
+               "the rest).",
+               backlog),
         _gauge("conversations_outbox_oldest_age_seconds", "Age of the oldest unpublished event (0 if none).",
                None if backlog is None else (max(0, int(time.time()) - oldest) if oldest is not None else 0)),
     ]

@@ -4,6 +4,11 @@
 take every replica out because the database blinked). /ready is 200 when PostgreSQL answers,
 503 otherwise; its body also reports Redis and the outbox backlog, which never fail it, since
 the API keeps working without Redis.
+
+Neither needs a token, so what they cost PostgreSQL is bounded whatever the request rate and the
+backlog: the backlog is counted up to BACKLOG_COUNT_LIMIT rows by index (a Redis outage can leave
+millions, exactly when replicas must stay ready to drain them), and concurrent /ready and /metrics
+calls of a process share one check, so a flood of them holds one pooled connection at most.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from service.store import outbox
 from service.store.database import Database
 
 READY_CHECK_SECONDS = 1.0
+BACKLOG_COUNT_LIMIT = 10_000
 
 
 class Health(msgspec.Struct):
@@ -38,6 +44,8 @@ class Readiness(msgspec.Struct):
     postgres: str
     redis: str
     outbox_backlog: int | None
+    # True when the backlog is at least outbox_backlog (the count stops at BACKLOG_COUNT_LIMIT).
+    outbox_backlog_capped: bool
     outbox_oldest_age_seconds: int | None
     relay_is_leader: bool
 
@@ -55,7 +63,7 @@ async def _check_postgres(db: Database, stream: str) -> tuple[int, int | None] |
         async with asyncio.timeout(READY_CHECK_SECONDS):
             connection = await db.acquire()
             try:
-                return await outbox.fetch_backlog(connection, stream)
+                return await outbox.fetch_backlog(connection, stream, BACKLOG_COUNT_LIMIT)
             except BaseException:
                 with contextlib.suppress(asyncpg.InterfaceError):
                     connection.terminate()  # cut short: do not wait on a server that did not answer
@@ -64,6 +72,32 @@ async def _check_postgres(db: Database, stream: str) -> tuple[int, int | None] |
                 db.release(connection)
     except Exception:  # any failure at all means "not ready", which is the answer
         return None
+
+
+class BacklogProbe:
+    """One process's check of PostgreSQL and the outbox backlog, shared by concurrent callers.
+
+    The first caller starts the check as a task, so that a caller that gives up does not cancel
+    it for the others; every caller that arrives while it runs gets its answer. An answer is
+    never reused after that: /ready must tell the state of now.
+    """
+
+    def __init__(self, db: Database, stream: str) -> None:
+        self._db = db
+        self._stream = stream
+        self._running: asyncio.Task[tuple[int, int | None] | None] | None = None
+
+    async def backlog(self) -> tuple[int, int | None] | None:
+        """(backlog, counted up to BACKLOG_COUNT_LIMIT; occurred_at of the oldest), or None if unreachable."""
+        if self._running is None:
+            self._running = asyncio.create_task(self._check(), name="ready-check")
+        return await asyncio.shield(self._running)
+
+    async def _check(self) -> tuple[int, int | None] | None:
+        try:
+            return await _check_postgres(self._db, self._stream)
+        finally:
+            self._running = None
 
 
 async def _check_redis(request: Request) -> bool:
@@ -77,8 +111,7 @@ async def _check_redis(request: Request) -> bool:
 @get("/ready")
 async def ready(request: Request) -> ASGIResponse:
     state = request.app.state
-    backlog, redis_ok = await asyncio.gather(_check_postgres(state.db, state.settings.events_stream),
-                                             _check_redis(request))
+    backlog, redis_ok = await asyncio.gather(state.backlog_probe.backlog(), _check_redis(request))
     relay: Relay = state.relay
     oldest_age = None
     if backlog is not None and backlog[1] is not None:
@@ -88,6 +121,7 @@ async def ready(request: Request) -> ASGIResponse:
         postgres="ok" if backlog is not None else "unreachable",
         redis="ok" if redis_ok else "unreachable",
         outbox_backlog=None if backlog is None else backlog[0],
+        outbox_backlog_capped=backlog is not None and backlog[0] >= BACKLOG_COUNT_LIMIT,
         outbox_oldest_age_seconds=oldest_age,
         relay_is_leader=relay.stats.is_leader,
     )
@@ -99,7 +133,7 @@ async def ready(request: Request) -> ASGIResponse:
 @get("/metrics", media_type=metrics.CONTENT_TYPE)
 async def metrics_endpoint(request: Request) -> ASGIResponse:
     state = request.app.state
-    backlog = await _check_postgres(state.db, state.settings.events_stream)
+    backlog = await state.backlog_probe.backlog()
     families = await metrics.scrape_families(backlog, state.redis, state.settings.events_stream)
     return ASGIResponse(body=metrics.render(families), media_type=metrics.CONTENT_TYPE)
 
