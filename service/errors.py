@@ -14,6 +14,7 @@
     ├── PayloadTooLarge           413  body over the limit (64 KiB)
     ├── RequestLineTooLong        414  request line over the limit (connection closed)
     ├── UnsupportedMediaType      415  a body that is neither JSON nor form data
+    ├── TooManyKeyedWrites        429  more writes with an Idempotency-Key a second than the account may send
     ├── RequestHeadersTooLarge    431  header block over the limit, or too many headers (connection closed)
     ├── DatabaseUnavailable       503  PostgreSQL unreachable or too slow (Retry-After)
     ├── AtCapacity                503  the process has as many requests or connections as it takes (Retry-After)
@@ -84,8 +85,9 @@ class Unauthenticated(ApiError):
 
 
 class ConversationNotFound(ApiError):
+    # Not stored with an Idempotency-Key: ids are never reused, so a retry gets the same 404
+    # anew, and a key that met no conversation costs no stored row.
     status_code = 404
-    is_outcome = True
 
     def __init__(self, conversation_id: str) -> None:
         super().__init__(f"there is no conversation {conversation_id[:100]!r} in this account", param="id")
@@ -146,6 +148,15 @@ class PayloadTooLarge(ApiError):
 
 class UnsupportedMediaType(ApiError):
     status_code = 415
+
+
+class TooManyKeyedWrites(ApiError):
+    status_code = 429
+
+    def __init__(self, per_second: int) -> None:
+        super().__init__(f"this account sends more than {per_second} writes with an Idempotency-Key a second; "
+                         "retry after Retry-After seconds (with the same key: nothing was stored)",
+                         param="Idempotency-Key", headers={"Retry-After": RETRY_AFTER_SECONDS})
 
 
 class RequestHeadTimeout(ApiError):

@@ -50,6 +50,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     redis_timeout: float = 2.0
     shutdown_timeout: float = 20.0
     token_cache_seconds: float = 5.0
+    # Writes with an Idempotency-Key an account may send each second, per process (429 past it):
+    # with 24 h retention, this bounds the keys an account can make the service store.
+    idempotency_keys_per_second: int = 50
+    idempotency_purge_seconds: float = 60.0
     # Tokens remembered per process, known and unknown alike (each its own cache of this size).
     token_cache_size: int = 10_000
     # The HTTP front door (service/http/protocol.py): a client's request head is bounded in size
@@ -151,6 +155,8 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "REDIS_TIMEOUT": ("redis_timeout", _positive_float),
     "SHUTDOWN_TIMEOUT": ("shutdown_timeout", _positive_float),
     "TOKEN_CACHE_SIZE": ("token_cache_size", _positive_int),
+    "IDEMPOTENCY_KEYS_PER_SECOND": ("idempotency_keys_per_second", _positive_int),
+    "IDEMPOTENCY_PURGE_SECONDS": ("idempotency_purge_seconds", _positive_float),
     "HTTP_MAX_URL_BYTES": ("http_max_url_bytes", _positive_int),
     "HTTP_MAX_HEADER_BYTES": ("http_max_header_bytes", _positive_int),
     "HTTP_MAX_HEADERS": ("http_max_headers", _positive_int),

@@ -26,7 +26,7 @@ from service.http.limits import MAX_BODY_BYTES
 from service.http.mount import CONVERSATION_HANDLERS
 from service.http.observability import RequestObserver
 from service.http.openapi import SCHEMA_HANDLERS
-from service.http.status import STATUS_HANDLERS, BacklogProbe
+from service.http.status import STATUS_HANDLERS, StoreProbe
 from service.settings import Settings
 from service.store.database import Database, create_pool
 from service.store.pool import ConnectionPool
@@ -56,11 +56,13 @@ def _lifespan(settings: Settings, run_relay: bool) -> Callable[[Litestar], Abstr
         app.state.relay = relay
         app.state.authenticator = TokenAuthenticator(db, settings.token_cache_seconds, settings.token_cache_size)
         app.state.conversations = Conversations(settings.events_stream)
-        app.state.backlog_probe = BacklogProbe(db, settings.events_stream)
+        app.state.store_probe = StoreProbe(db, settings.events_stream)
+        app.state.keyed_writes = idempotency.KeyedWriteBudget(settings.idempotency_keys_per_second)
         if run_relay:
             relay.start()
         background = [asyncio.create_task(_sample_pool(pool), name="pool-sampler"),
-                      asyncio.create_task(idempotency.purge_forever(db), name="idempotency-purge")]
+                      asyncio.create_task(idempotency.purge_forever(db, settings.idempotency_purge_seconds),
+                                          name="idempotency-purge")]
         try:
             yield
         finally:

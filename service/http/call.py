@@ -62,14 +62,15 @@ def parse_if_match(value: bytes | None) -> list[int] | None:
 
 
 class Call:
-    __slots__ = ("_body", "account_id", "conversation_id", "conversations", "db", "receive", "scope")
+    __slots__ = ("_body", "account_id", "conversation_id", "conversations", "db", "keyed_writes", "receive", "scope")
 
     def __init__(self, scope: Scope, receive: Receive, conversations: Conversations, db: Database,
-                 account_id: str, conversation_id: str) -> None:
+                 keyed_writes: idempotency.KeyedWriteBudget, account_id: str, conversation_id: str) -> None:
         self.scope = scope
         self.receive = receive
         self.conversations = conversations
         self.db = db
+        self.keyed_writes = keyed_writes
         self.account_id = account_id
         self.conversation_id = conversation_id
         self._body = b""
@@ -110,6 +111,7 @@ class Call:
         if raw_key is None or self.scope["method"] == "GET":
             return await work(self.db)
         key = idempotency.checked_key(raw_key)
+        self.keyed_writes.spend(self.account_id)
         path = self.scope.get("raw_path") or self.scope["path"].encode()
         request_fingerprint = idempotency.fingerprint(self.scope["method"], path.decode("latin-1"),
                                                       self.header(CONTENT_TYPE), self._body)

@@ -54,7 +54,7 @@ async def conversations_endpoint(scope: Scope, receive: Receive, send: Send) -> 
     scope[ACCOUNT_SCOPE_KEY] = account_id  # type: ignore[literal-required]
     if conversation_id and ID_PATTERN.fullmatch(conversation_id) is None:
         raise ConversationNotFound(conversation_id)  # it cannot be an id, so it cannot exist
-    call = Call(scope, receive, state.conversations, state.db, account_id, conversation_id)
+    call = Call(scope, receive, state.conversations, state.db, state.keyed_writes, account_id, conversation_id)
     await send_reply(send, await operation(call))
 
 

@@ -26,7 +26,7 @@ from service import metrics
 from service.errors import RETRY_AFTER_SECONDS
 from service.events.relay import Relay
 from service.model import encode_json
-from service.store import outbox
+from service.store import idempotency_keys, outbox
 from service.store.database import Database
 
 READY_CHECK_SECONDS = 1.0
@@ -58,12 +58,23 @@ def health() -> ASGIResponse:
     return ASGIResponse(body=_HEALTHY, media_type="application/json")
 
 
-async def _check_postgres(db: Database, stream: str) -> tuple[int, int | None] | None:
+class StoreFigures(msgspec.Struct, frozen=True):
+    """What one check read from PostgreSQL for /ready and /metrics."""
+
+    backlog: int  # counted up to BACKLOG_COUNT_LIMIT
+    oldest_occurred_at: int | None
+    keys_stored: int
+    oldest_key_age: int | None
+
+
+async def _check_postgres(db: Database, stream: str) -> StoreFigures | None:
     try:
         async with asyncio.timeout(READY_CHECK_SECONDS):
             connection = await db.acquire()
             try:
-                return await outbox.fetch_backlog(connection, stream, BACKLOG_COUNT_LIMIT)
+                backlog, oldest = await outbox.fetch_backlog(connection, stream, BACKLOG_COUNT_LIMIT)
+                keys, oldest_key_age = await idempotency_keys.fetch_figures(connection)
+                return StoreFigures(backlog, oldest, keys, oldest_key_age)
             except BaseException:
                 with contextlib.suppress(asyncpg.InterfaceError):
                     connection.terminate()  # cut short: do not wait on a server that did not answer
@@ -74,7 +85,7 @@ async def _check_postgres(db: Database, stream: str) -> tuple[int, int | None] |
         return None
 
 
-class BacklogProbe:
+class StoreProbe:
     """One process's check of PostgreSQL and the outbox backlog, shared by concurrent callers.
 
     The first caller starts the check as a task, so that a caller that gives up does not cancel
@@ -85,15 +96,15 @@ class BacklogProbe:
     def __init__(self, db: Database, stream: str) -> None:
         self._db = db
         self._stream = stream
-        self._running: asyncio.Task[tuple[int, int | None] | None] | None = None
+        self._running: asyncio.Task[StoreFigures | None] | None = None
 
-    async def backlog(self) -> tuple[int, int | None] | None:
-        """(backlog, counted up to BACKLOG_COUNT_LIMIT; occurred_at of the oldest), or None if unreachable."""
+    async def figures(self) -> StoreFigures | None:
+        """What PostgreSQL says now, or None if it cannot be reached in time."""
         if self._running is None:
             self._running = asyncio.create_task(self._check(), name="ready-check")
         return await asyncio.shield(self._running)
 
-    async def _check(self) -> tuple[int, int | None] | None:
+    async def _check(self) -> StoreFigures | None:
         try:
             return await _check_postgres(self._db, self._stream)
         finally:
@@ -111,30 +122,33 @@ async def _check_redis(request: Request) -> bool:
 @get("/ready")
 async def ready(request: Request) -> ASGIResponse:
     state = request.app.state
-    backlog, redis_ok = await asyncio.gather(state.backlog_probe.backlog(), _check_redis(request))
+    figures, redis_ok = await asyncio.gather(state.store_probe.figures(), _check_redis(request))
     relay: Relay = state.relay
     oldest_age = None
-    if backlog is not None and backlog[1] is not None:
-        oldest_age = max(0, int(time.time()) - backlog[1])
+    if figures is not None and figures.oldest_occurred_at is not None:
+        oldest_age = max(0, int(time.time()) - figures.oldest_occurred_at)
     report = Readiness(
-        status="ready" if backlog is not None else "unavailable",
-        postgres="ok" if backlog is not None else "unreachable",
+        status="ready" if figures is not None else "unavailable",
+        postgres="ok" if figures is not None else "unreachable",
         redis="ok" if redis_ok else "unreachable",
-        outbox_backlog=None if backlog is None else backlog[0],
-        outbox_backlog_capped=backlog is not None and backlog[0] >= BACKLOG_COUNT_LIMIT,
+        outbox_backlog=None if figures is None else figures.backlog,
+        outbox_backlog_capped=figures is not None and figures.backlog >= BACKLOG_COUNT_LIMIT,
         outbox_oldest_age_seconds=oldest_age,
         relay_is_leader=relay.stats.is_leader,
     )
-    headers = None if backlog is not None else {"Retry-After": RETRY_AFTER_SECONDS}
+    headers = None if figures is not None else {"Retry-After": RETRY_AFTER_SECONDS}
     return ASGIResponse(body=encode_json(report), media_type="application/json",
-                        status_code=200 if backlog is not None else 503, headers=headers)
+                        status_code=200 if figures is not None else 503, headers=headers)
 
 
 @get("/metrics", media_type=metrics.CONTENT_TYPE)
 async def metrics_endpoint(request: Request) -> ASGIResponse:
     state = request.app.state
-    backlog = await state.backlog_probe.backlog()
-    families = await metrics.scrape_families(backlog, state.redis, state.settings.events_stream)
+    figures = await state.store_probe.figures()
+    families = await metrics.scrape_families(
+        None if figures is None else (figures.backlog, figures.oldest_occurred_at),
+        None if figures is None else (figures.keys_stored, figures.oldest_key_age),
+        state.redis, state.settings.events_stream)
     return ASGIResponse(body=metrics.render(families), media_type=metrics.CONTENT_TYPE)
 
 
