@@ -87,6 +87,9 @@ SELECT_BACKLOG = """
 SELECT (SELECT count(*) FROM (SELECT FROM conversation_outbox WHERE stream = $1 LIMIT $2) AS w),
        (SELECT occurred_at FROM conversation_outbox WHERE stream = $1 ORDER BY position LIMIT 1)
 """
+# A stopping follower's mark, and whether anything up to it still waits (conversation_outbox_pkey).
+SELECT_LAST_POSITION = "SELECT max(position) FROM conversation_outbox WHERE stream = $1"
+SELECT_WAITING_UP_TO = "SELECT EXISTS (SELECT FROM conversation_outbox WHERE stream = $1 AND position <= $2)"
 SET_WRITERS_NOTIFY = ("INSERT INTO outbox_wakeups (stream, notify) VALUES ($1, $2) "
                       "ON CONFLICT (stream) DO UPDATE SET notify = EXCLUDED.notify")
 # One publisher per stream: a session-level advisory lock keyed by the stream's name.
@@ -130,6 +133,16 @@ async def fetch_backlog(connection: asyncpg.Connection, stream: str, count_limit
         await connection.execute(HOLD_TO_INDEX_SCANS)
         row = await connection.fetchrow(SELECT_BACKLOG, stream, count_limit)
     return int(row[0]), row[1]
+
+
+async def fetch_last_position(connection: asyncpg.Connection, stream: str) -> int | None:
+    """The highest position of the stream's rows now in the outbox, or None if there are none."""
+    return await connection.fetchval(SELECT_LAST_POSITION, stream)
+
+
+async def has_rows_up_to(connection: asyncpg.Connection, stream: str, position: int) -> bool:
+    """Whether any of the stream's rows at or below `position` still waits to be published."""
+    return bool(await connection.fetchval(SELECT_WAITING_UP_TO, stream, position))
 
 
 async def set_writers_notify(connection: asyncpg.Connection, stream: str, notify: bool) -> None:
