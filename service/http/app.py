@@ -21,6 +21,7 @@ from service.events.redis_client import create_redis
 from service.events.relay import Relay
 from service.http import idempotency
 from service.http.auth import TokenAuthenticator
+from service.http.docs_page import DOCS_HANDLERS
 from service.http.error_handler import render_error
 from service.http.limits import MAX_BODY_BYTES
 from service.http.mount import CONVERSATION_HANDLERS
@@ -82,7 +83,7 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> RequestObserver
     `run_relay=False` is for tests that drive the relay themselves.
     """
     return RequestObserver(Litestar(
-        route_handlers=[*CONVERSATION_HANDLERS, *STATUS_HANDLERS, *SCHEMA_HANDLERS],
+        route_handlers=[*CONVERSATION_HANDLERS, *STATUS_HANDLERS, *SCHEMA_HANDLERS, *DOCS_HANDLERS],
         lifespan=[_lifespan(settings, run_relay)],
         exception_handlers={Exception: render_error},
         request_max_body_size=MAX_BODY_BYTES,

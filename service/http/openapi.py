@@ -1,4 +1,4 @@
-"""The OpenAPI 3.1 document and the interactive docs page, both under /schema.
+"""The OpenAPI 3.1 document, at /schema/openapi.json (the docs page that shows it is docs_page.py's).
 
 The document is assembled here rather than inferred by Litestar, because the handlers decode
 bodies and queries themselves (wire.py) and Litestar would describe neither the form encoding
@@ -287,24 +287,9 @@ def build_document() -> dict[str, Any]:
 
 _DOCUMENT = msgspec.json.encode(build_document())
 
-_DOCS_PAGE = f"""<!doctype html>
-<html lang="en">
-<head><meta charset="utf-8"><title>Conversations API</title>
-<link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css"></head>
-<body><div id="docs"></div>
-<script src="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
-<script>SwaggerUIBundle({{url: "{OPENAPI_PATH}", dom_id: "#docs"}});</script>
-</body></html>""".encode()
-
-
 @get(OPENAPI_PATH, sync_to_thread=False)
 def openapi_document() -> ASGIResponse:
     return ASGIResponse(body=_DOCUMENT, media_type=MediaType.JSON)
 
 
-@get("/schema", sync_to_thread=False)
-def docs_page() -> ASGIResponse:
-    return ASGIResponse(body=_DOCS_PAGE, media_type=MediaType.HTML)
-
-
-SCHEMA_HANDLERS = [openapi_document, docs_page]
+SCHEMA_HANDLERS = [openapi_document]
