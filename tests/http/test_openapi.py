@@ -175,3 +175,22 @@ def test_the_form_timestamp_pattern_accepts_exactly_the_timestamps_the_api_accep
     pattern = re.compile(digits_at_most(MAX_TIMESTAMP))
     assert bool(pattern.match(str(value))) == (value <= MAX_TIMESTAMP)
     assert bool(pattern.match("000" + str(value))) == (value <= MAX_TIMESTAMP)
+
+
+async def test_every_operation_declares_the_front_doors_refusals_and_keyed_writes_declare_429(document: dict):
+    """The server may refuse any request before the app sees it (408, 414, 431: docs/api.md §7.1), and an
+    account's keyed writes past their rate (429); the document says so, with the contract's error body."""
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            if method == "parameters":
+                continue
+            responses = operation["responses"]
+            expected = {"408", "414", "431"}
+            if any(parameter.get("name") == "Idempotency-Key" for parameter in operation.get("parameters", [])):
+                expected.add("429")
+                assert responses["429"]["headers"]["Retry-After"]["required"], (path, method)
+            assert expected <= set(responses), (path, method, sorted(responses))
+            for status in expected:
+                assert responses[status]["content"]["application/json"]["schema"] == {
+                    "$ref": "#/components/schemas/ErrorBody"}, (path, method, status)
+
