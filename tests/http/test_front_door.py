@@ -230,17 +230,35 @@ def test_an_idle_keep_alive_connection_is_closed_after_the_keep_alive_timeout(fr
 # ------------------------------------------------------------------------------- capacity
 
 
-@pytest.fixture
-def requests_in_progress(front: Front) -> Iterator[list[socket.socket]]:
-    """MAX_REQUESTS requests the app is working on: heads sent, bodies still to come."""
-    with ExitStack() as stack:
-        held = []
+class HeldRequests:
+    """MAX_REQUESTS creates the app is working on: heads sent, bodies still to come."""
+
+    def __init__(self, front: Front, stack: ExitStack) -> None:
+        self.connections = []
         for _ in range(MAX_REQUESTS):
             conn = stack.enter_context(front.connect())
             conn.sendall(front.head("POST", CONVERSATIONS, "Content-Type: application/json", "Content-Length: 40"))
-            held.append(conn)
+            self.connections.append(conn)
+        self.finished = False
+
+    def finish(self) -> list[int]:
+        """Send the bodies and read the answers: the server is then done with all of them."""
+        statuses = []
+        if not self.finished:
+            self.finished = True
+            for conn in self.connections:
+                conn.sendall(b'{"contact_id": "c' + uuid.uuid4().hex[:21].encode() + b'"}')  # 40 bytes
+                statuses.append(read_response(conn).status)
+        return statuses
+
+
+@pytest.fixture
+def requests_in_progress(front: Front) -> Iterator[HeldRequests]:
+    with ExitStack() as stack:
+        held = HeldRequests(front, stack)
         time.sleep(0.3)  # let each reach the app
         yield held
+        held.finish()  # not merely closed: the next test must find no request of this one in progress
 
 
 def test_a_request_past_the_limit_in_progress_is_a_503_with_retry_after(front: Front, requests_in_progress):
@@ -257,10 +275,8 @@ def test_health_and_ready_answer_even_at_the_limit(front: Front, requests_in_pro
             assert response.status == 200, (path, response)
 
 
-def test_the_limit_frees_up_as_requests_finish(front: Front, requests_in_progress):
-    for conn in requests_in_progress:
-        conn.sendall(b'{"contact_id": "c' + uuid.uuid4().hex[:21].encode() + b'"}')
-        assert read_response(conn).status == 201
+def test_the_limit_frees_up_as_requests_finish(front: Front, requests_in_progress: HeldRequests):
+    assert requests_in_progress.finish() == [201] * MAX_REQUESTS
     front.assert_serving()
 
 
