@@ -57,7 +57,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Tokens remembered per process, known and unknown alike (each its own cache of this size).
     token_cache_size: int = 10_000
     # The HTTP front door (service/http/protocol.py): a client's request head is bounded in size
-    # and in time, and so is what one process takes on at once (docs/api.md §7.1).
+    # and in time, and so is what one process takes on at once (docs/api.md §7.5).
     http_max_url_bytes: int = 8 * 1024
     http_max_header_bytes: int = 16 * 1024
     http_max_headers: int = 100

@@ -1,7 +1,7 @@
 """uvicorn's httptools protocol, with the front door's bounds and every refusal in the contract's shape.
 
 uvicorn with httptools answers an unparsable request with a text/plain 400, and bounds neither the
-size of a request head nor the time a client may take to send one (docs/api.md §7.1). This
+size of a request head nor the time a client may take to send one (docs/api.md §7.5). This
 subclass, per connection:
 
 * answers an unparsable request with the contract's JSON 400;

@@ -1,4 +1,4 @@
-"""docs/api.md §7.1: the HTTP front door bounds what a client can make one process hold.
+"""docs/api.md §7.5: the HTTP front door bounds what a client can make one process hold.
 
 A request head is bounded in size (414 for a request line over HTTP_MAX_URL_BYTES, 431 for a
 header block over HTTP_MAX_HEADER_BYTES or more than HTTP_MAX_HEADERS headers; both in the error

@@ -178,7 +178,7 @@ def test_the_form_timestamp_pattern_accepts_exactly_the_timestamps_the_api_accep
 
 
 async def test_every_operation_declares_the_front_doors_refusals_and_keyed_writes_declare_429(document: dict):
-    """The server may refuse any request before the app sees it (408, 414, 431: docs/api.md §7.1), and an
+    """The server may refuse any request before the app sees it (408, 414, 431: docs/api.md §7.5), and an
     account's keyed writes past their rate (429); the document says so, with the contract's error body."""
     for path, item in document["paths"].items():
         for method, operation in item.items():
