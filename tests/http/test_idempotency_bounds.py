@@ -1,4 +1,4 @@
-"""docs/api.md §3 and §7.1: what Idempotency-Key can make the service store is bounded.
+"""docs/api.md §3.4 and §7.5: what Idempotency-Key can make the service store is bounded.
 
 Keys expire after 24 hours and a purge deletes every expired one on its own schedule, whatever
 Redis does and however many there are; an account's keyed writes are limited per second (a 429
