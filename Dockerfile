@@ -25,13 +25,15 @@ COPY requirements.lock ./
 
 # --require-hashes: every package must be in the lock, pinned, with a matching hash (a missing or
 # changed one stops the build). --only-binary: every dependency ships wheels for CPython 3.11 on
-# amd64 and arm64, so nothing is compiled; if one ever has to be built from source, this is the
-# stage to add build-essential to. The environment has no pip of its own: the image's pip
+# amd64 and arm64, so nothing is compiled, except openapi-ui-bundles (the docs page's Swagger UI
+# files), which is published as a source archive of static files only: it is built from its
+# hashed sdist, pure Python, no compiler. If a compiled one ever has to be built from source,
+# this is the stage to add build-essential to. The environment has no pip of its own: the image's pip
 # installs into it. The project itself is not installed (it runs from source), so a change under
 # service/ does not rebuild this layer.
 RUN python -m venv --without-pip /opt/venv \
     && pip --python /opt/venv/bin/python install --no-cache-dir --require-hashes --only-binary=:all: \
-        --requirement requirements.lock
+        --no-binary=openapi-ui-bundles --requirement requirements.lock
 
 # ---- runtime ---------------------------------------------------------------------------------
 FROM python:3.11-slim-bookworm AS runtime

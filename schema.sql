@@ -63,6 +63,21 @@ CREATE UNIQUE INDEX IF NOT EXISTS conversations_account_group_key
 CREATE INDEX IF NOT EXISTS conversations_activity_idx
     ON conversations (account_id, is_pinned, (COALESCE(last_active_at, -1)), id);
 
+-- The list's flag filters (docs/api.md §4): one partial index per value, so that a page filtered
+-- on a value few of an account's conversations have is a keyset scan of those few, not of the
+-- whole account. The list statement writes the value into its SQL (service/store/queries.py), so
+-- the planner matches these predicates. A database that already has many conversations blocks
+-- writes while the first migrate after this builds them: build them beforehand with CREATE INDEX
+-- CONCURRENTLY under these names (README, "Upgrading").
+CREATE INDEX IF NOT EXISTS conversations_muted_idx ON conversations (account_id, id) WHERE is_muted;
+CREATE INDEX IF NOT EXISTS conversations_unmuted_idx ON conversations (account_id, id) WHERE NOT is_muted;
+CREATE INDEX IF NOT EXISTS conversations_pinned_idx ON conversations (account_id, id) WHERE is_pinned;
+CREATE INDEX IF NOT EXISTS conversations_unpinned_idx ON conversations (account_id, id) WHERE NOT is_pinned;
+CREATE INDEX IF NOT EXISTS conversations_archived_idx ON conversations (account_id, id)
+    WHERE archived_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS conversations_unarchived_idx ON conversations (account_id, id)
+    WHERE archived_at IS NULL;
+
 -- The transactional outbox (docs/api.md, "Events"): each write inserts its event here in the
 -- same statement as the change; the relay (service/events/relay.py) publishes rows in `position`
 -- order and deletes each one only once Redis has acknowledged and persisted it. A row carries the

@@ -7,14 +7,20 @@
     ├── EventNotFound             404  no such event in the caller's feed
     ├── RouteNotFound             404  no such path
     ├── MethodNotAllowed          405  the path exists, the method does not (Allow: ...)
+    ├── RequestHeadTimeout        408  the request head did not arrive in time (connection closed)
     ├── DuplicateConversation     409  the account already has one with this contact or group
     ├── ConcurrentChange          409  the conversation changed under the request (created and deleted meanwhile)
     ├── IdempotencyKeyInUse       409  a request with the same Idempotency-Key is still running
     ├── CursorExpired             410  a feed cursor older than the feed's window: resync
     ├── PreconditionFailed        412  If-Match names a version the conversation no longer has
     ├── PayloadTooLarge           413  body over the limit (64 KiB)
+    ├── RequestLineTooLong        414  request line over the limit (connection closed)
     ├── UnsupportedMediaType      415  a body that is neither JSON nor form data
-    └── DatabaseUnavailable       503  PostgreSQL unreachable or too slow (Retry-After)
+    ├── TooManyKeyedWrites        429  more writes with an Idempotency-Key a second than the account may send
+    ├── RequestHeadersTooLarge    431  header block over the limit, or too many headers (connection closed)
+    ├── DatabaseUnavailable       503  PostgreSQL unreachable or too slow (Retry-After)
+    ├── AtCapacity                503  the process has as many requests or connections as it takes (Retry-After)
+    └── ConversationBusy          503  a keyed write waited too long for another write's row lock (Retry-After)
 
 Anything else that escapes a handler is a 500 with a fixed body; its traceback goes to the log
 with the request id, never to the client. This module imports no other part of the service:
@@ -81,8 +87,9 @@ class Unauthenticated(ApiError):
 
 
 class ConversationNotFound(ApiError):
+    # Not stored with an Idempotency-Key: ids are never reused, so a retry gets the same 404
+    # anew, and a key that met no conversation costs no stored row.
     status_code = 404
-    is_outcome = True
 
     def __init__(self, conversation_id: str) -> None:
         super().__init__(f"there is no conversation {conversation_id[:100]!r} in this account", param="id")
@@ -160,12 +167,63 @@ class UnsupportedMediaType(ApiError):
     status_code = 415
 
 
+class TooManyKeyedWrites(ApiError):
+    status_code = 429
+
+    def __init__(self, per_second: int) -> None:
+        super().__init__(f"this account sends more than {per_second} writes with an Idempotency-Key a second; "
+                         "retry after Retry-After seconds (with the same key: nothing was stored)",
+                         param="Idempotency-Key", headers={"Retry-After": RETRY_AFTER_SECONDS})
+
+
+class RequestHeadTimeout(ApiError):
+    status_code = 408
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the request head (request line and headers) must arrive within {seconds:g} s")
+
+
+class RequestLineTooLong(ApiError):
+    status_code = 414
+
+    def __init__(self, limit_bytes: int) -> None:
+        super().__init__(f"the request line (method, path and query) must be at most {limit_bytes} bytes")
+
+
+class RequestHeadersTooLarge(ApiError):
+    status_code = 431
+
+    def __init__(self, limit_bytes: int, limit_count: int) -> None:
+        super().__init__(f"the request headers must be at most {limit_bytes} bytes in all, and at most "
+                         f"{limit_count} of them")
+
+
+class AtCapacity(ApiError):
+    status_code = 503
+    error_type = "api_error"
+
+    def __init__(self) -> None:
+        super().__init__("the server is at its limit of requests in progress; retry shortly",
+                         headers={"Retry-After": RETRY_AFTER_SECONDS})
+
+
 class DatabaseUnavailable(ApiError):
     status_code = 503
     error_type = "api_error"
 
     def __init__(self) -> None:
         super().__init__("the database is unavailable; retry shortly",
+                         headers={"Retry-After": RETRY_AFTER_SECONDS})
+
+
+class ConversationBusy(ApiError):
+    """A keyed write's transaction bounds its lock waits; another write held the row past that."""
+
+    status_code = 503
+    error_type = "api_error"
+
+    def __init__(self) -> None:
+        super().__init__("another write to this conversation is taking long; retry shortly",
                          headers={"Retry-After": RETRY_AFTER_SECONDS})
 
 

@@ -39,6 +39,11 @@ EVENTS_PUBLISHED = Counter("conversations_events_published_total",
                            "Events the relay put on the stream (and removed from the outbox).")
 UNREAD_DROPPED = Counter("conversations_stream_unread_dropped_total",
                          "Stream entries a consumer group had not acknowledged, dropped past EVENTS_HARD_MAXLEN.")
+HTTP_REFUSED = Counter("conversations_http_refused_total",
+                       "Requests and connections the server refused before the app saw them, by status "
+                       "(408 head too slow, 414 and 431 head too large, 503 at capacity).", ["status"])
+IDEMPOTENCY_KEYS_PURGED = Counter("conversations_idempotency_keys_purged_total",
+                                  "Idempotency keys deleted by the purge once past their 24 hours.")
 POOL_IN_USE = Gauge("conversations_db_pool_connections_in_use",
                     "Request-pool connections checked out, summed over live workers.",
                     multiprocess_mode="livesum")
@@ -87,12 +92,15 @@ def _gauge(name: str, documentation: str, value: float | None) -> GaugeMetricFam
     return family
 
 
-async def scrape_families(db_backlog: tuple[int, int | None] | None, redis: Redis, stream: str,
-                          durability: list[tuple[str, bool]], *, held: bool) -> list[Metric]:
-    """The scrape-time gauges: outbox backlog and age (from `db_backlog`), stream and groups (Redis), and
-    the relay's view of Redis: each durability mode with 1 for the one it detected (`durability`; all 0
-    while unknown) and whether EVENTS_REQUIRE_DURABLE keeps events in the outbox (`held`)."""
+async def scrape_families(db_backlog: tuple[int, int | None] | None, db_keys: tuple[int, int | None] | None,
+                          redis: Redis, stream: str, durability: list[tuple[str, bool]], *, held: bool
+                          ) -> list[Metric]:
+    """The scrape-time gauges: outbox backlog and age (`db_backlog`), idempotency keys stored and the
+    oldest's age (`db_keys`), stream and groups (Redis), and the relay's view of Redis: each
+    durability mode with 1 for the one it detected (`durability`; all 0 while unknown) and whether
+    EVENTS_REQUIRE_DURABLE keeps events in the outbox (`held`). A None means PostgreSQL did not answer."""
     backlog, oldest = db_backlog if db_backlog is not None else (None, None)
+    keys, oldest_key_age = db_keys if db_keys is not None else (None, None)
     modes = GaugeMetricFamily("conversations_events_durability",
                               "Durability of published events the relay detected on Redis (1: this mode).",
                               labels=["mode"])
@@ -102,9 +110,19 @@ async def scrape_families(db_backlog: tuple[int, int | None] | None, redis: Redi
         modes,
         _gauge("conversations_events_held", "1 while EVENTS_REQUIRE_DURABLE keeps events in the outbox "
                "because Redis is not crash-safe.", 1.0 if held else 0.0),
-        _gauge("conversations_outbox_backlog", "Events committed but not yet on the stream.", backlog),
+        _gauge("conversations_outbox_backlog",
+               "Events committed but not yet on the stream, counted up to a fixed limit (the oldest's age tells "
+               "the rest).",
+               backlog),
         _gauge("conversations_outbox_oldest_age_seconds", "Age of the oldest unpublished event (0 if none).",
                None if backlog is None else (max(0, int(time.time()) - oldest) if oldest is not None else 0)),
+    ]
+    families += [
+        _gauge("conversations_idempotency_keys_stored",
+               "Idempotency keys stored, as PostgreSQL's statistics count live rows.", keys),
+        _gauge("conversations_idempotency_keys_oldest_age_seconds",
+               "Age of the oldest stored idempotency key (past 24 h + the purge interval: the purge lags).",
+               None if keys is None else (oldest_key_age or 0)),
     ]
     length: int | None = None
     lag = GaugeMetricFamily("conversations_consumer_group_lag",

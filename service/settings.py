@@ -61,6 +61,22 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     token_cache_seconds: float = 5.0
     # How long GET /v1/events keeps published events (whole days: the log drops a day at a time).
     events_feed_days: int = 30
+    # Writes with an Idempotency-Key an account may send each second, per process (429 past it):
+    # with 24 h retention, this bounds the keys an account can make the service store.
+    idempotency_keys_per_second: int = 50
+    idempotency_purge_seconds: float = 60.0
+    # Tokens remembered per process, known and unknown alike (each its own cache of this size).
+    token_cache_size: int = 10_000
+    # The HTTP front door (service/http/protocol.py): a client's request head is bounded in size
+    # and in time, and so is what one process takes on at once (docs/api.md §7.5).
+    http_max_url_bytes: int = 8 * 1024
+    http_max_header_bytes: int = 16 * 1024
+    http_max_headers: int = 100
+    http_header_timeout: float = 10.0
+    http_body_timeout: float = 30.0
+    http_keep_alive_timeout: float = 5.0
+    http_max_requests: int = 256
+    http_max_connections: int = 1000
 
     @property
     def relay_url(self) -> str:
@@ -163,6 +179,17 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "REDIS_TIMEOUT": ("redis_timeout", _positive_float),
     "SHUTDOWN_TIMEOUT": ("shutdown_timeout", _positive_float),
     "EVENTS_FEED_DAYS": ("events_feed_days", _positive_int),
+    "TOKEN_CACHE_SIZE": ("token_cache_size", _positive_int),
+    "IDEMPOTENCY_KEYS_PER_SECOND": ("idempotency_keys_per_second", _positive_int),
+    "IDEMPOTENCY_PURGE_SECONDS": ("idempotency_purge_seconds", _positive_float),
+    "HTTP_MAX_URL_BYTES": ("http_max_url_bytes", _positive_int),
+    "HTTP_MAX_HEADER_BYTES": ("http_max_header_bytes", _positive_int),
+    "HTTP_MAX_HEADERS": ("http_max_headers", _positive_int),
+    "HTTP_HEADER_TIMEOUT": ("http_header_timeout", _positive_float),
+    "HTTP_BODY_TIMEOUT": ("http_body_timeout", _positive_float),
+    "HTTP_KEEP_ALIVE_TIMEOUT": ("http_keep_alive_timeout", _positive_float),
+    "HTTP_MAX_REQUESTS": ("http_max_requests", _positive_int),
+    "HTTP_MAX_CONNECTIONS": ("http_max_connections", _positive_int),
 }
 
 ENVIRONMENT_VARIABLES = tuple(_VARIABLES)

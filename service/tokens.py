@@ -21,6 +21,8 @@ TOKEN_PREFIX = "cvk_"
 TOKEN_RANDOM_LENGTH = 40
 TOKEN_ID_PREFIX = "tok_"
 ACCOUNT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# The shape of every token `new_token` makes: anything else is unknown without asking the database.
+TOKEN_SHAPE = re.compile(rb"cvk_[0-9A-Za-z]{%d}" % TOKEN_RANDOM_LENGTH)
 
 
 class TokenError(ValueError):

@@ -70,3 +70,31 @@ def test_a_bad_durability_or_lifetime_value_is_refused_naming_its_variable(varia
 
 def test_the_waitaof_replica_count_is_read():
     assert load_settings({"EVENTS_WAITAOF_REPLICAS": "2"}).events_waitaof_replicas == 2
+
+
+def test_every_bound_of_the_front_door_and_of_keys_and_tokens_is_a_variable_with_its_documented_default():
+    defaults = load_settings({})
+    assert (defaults.http_max_url_bytes, defaults.http_max_header_bytes) == (8192, 16384)
+    assert defaults.http_max_headers == 100
+    assert (defaults.http_header_timeout, defaults.http_body_timeout, defaults.http_keep_alive_timeout) == (10, 30, 5)
+    assert (defaults.http_max_requests, defaults.http_max_connections) == (256, 1000)
+    assert (defaults.idempotency_keys_per_second, defaults.idempotency_purge_seconds) == (50, 60)
+    assert defaults.token_cache_size == 10_000
+    settings = load_settings({
+        "HTTP_MAX_URL_BYTES": "4096", "HTTP_MAX_HEADER_BYTES": "8192", "HTTP_MAX_HEADERS": "50",
+        "HTTP_HEADER_TIMEOUT": "2.5", "HTTP_BODY_TIMEOUT": "7", "HTTP_KEEP_ALIVE_TIMEOUT": "1",
+        "HTTP_MAX_REQUESTS": "64", "HTTP_MAX_CONNECTIONS": "128", "IDEMPOTENCY_KEYS_PER_SECOND": "5",
+        "IDEMPOTENCY_PURGE_SECONDS": "30", "TOKEN_CACHE_SIZE": "100",
+    })
+    assert (settings.http_max_url_bytes, settings.http_max_header_bytes, settings.http_max_headers) == (4096, 8192, 50)
+    assert (settings.http_header_timeout, settings.http_body_timeout, settings.http_keep_alive_timeout) == (2.5, 7, 1)
+    assert (settings.http_max_requests, settings.http_max_connections) == (64, 128)
+    assert (settings.idempotency_keys_per_second, settings.idempotency_purge_seconds) == (5, 30)
+    assert settings.token_cache_size == 100
+
+
+@pytest.mark.parametrize("variable", ["HTTP_MAX_URL_BYTES", "HTTP_MAX_HEADERS", "HTTP_MAX_REQUESTS",
+                                      "HTTP_HEADER_TIMEOUT", "IDEMPOTENCY_KEYS_PER_SECOND", "TOKEN_CACHE_SIZE"])
+def test_a_bound_of_zero_is_refused_naming_its_variable(variable: str):
+    with pytest.raises(SettingsError, match=variable):
+        load_settings({variable: "0"})

@@ -13,7 +13,12 @@ Invariants (docs/api.md, "Events"):
 * Redis down: writes keep landing in the outbox; the relay backs off (bounded, exponential,
   logged once per outage) and drains the backlog when Redis returns. PostgreSQL down: the same.
 * Stop: after the server stopped taking requests, the leader (or a process that can take the
-  lock) publishes what is committed within the flush deadline, then ends its session.
+  lock) publishes what is committed within the flush deadline, then ends its session. A
+  follower does not leave its own last events to the next start: every write of this process
+  has committed by then, so each of its rows is at or below the outbox's highest position; the
+  follower waits until no row up to that mark is left (the leader published them), or takes the
+  lock when the leader lets it go (which a leader that is stopping too does at its own flush
+  deadline) and publishes them itself, within its flush deadline.
 * EVENTS_REQUIRE_DURABLE: while Redis cannot confirm that an entry survives its crash
   (durability.hold_reason), the leader publishes nothing, asks Redis again every
   HOLD_RECHECK_SECONDS, and resumes by itself once it can; the events wait in the outbox.
@@ -47,6 +52,7 @@ logger = logging.getLogger("service.events.relay")
 
 BATCH_SIZE = 500
 FOLLOWER_POLL_SECONDS = 1.0
+STOPPING_FOLLOWER_POLL_SECONDS = 0.05
 TRIM_INTERVAL_SECONDS = 1.0
 BACKOFF_FIRST_SECONDS = 0.05
 BACKOFF_MAX_SECONDS = 5.0
@@ -163,11 +169,21 @@ class Relay:
         if self.stats.database_failing_since is not None:
             logger.info("relay reconnected to PostgreSQL")
             self.stats.database_failing_since = None
+        stop_mark: int | None = None
         while not self.stats.is_leader:
             if await self._take_leadership(connection):
                 break
             if self._stopping:
-                return
+                if stop_mark is None:
+                    stop_mark = await outbox.fetch_last_position(connection, self._stream)
+                if stop_mark is None or not await outbox.has_rows_up_to(connection, self._stream, stop_mark):
+                    return  # nothing of ours is left to publish
+                if not self._flushing_time_left():
+                    logger.warning("stopping with events still in the outbox: the leader did not publish them and "
+                                   "did not let go of the stream in time; the next relay to lead publishes them")
+                    return
+                await asyncio.sleep(STOPPING_FOLLOWER_POLL_SECONDS)
+                continue
             await self._learn_durability()
             # Followers ignore NOTIFY: only a stop, or the poll interval, ends the wait.
             await wait_for(self._stop_requested, FOLLOWER_POLL_SECONDS)

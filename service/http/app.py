@@ -1,9 +1,9 @@
 """The Litestar application: its routes, its error handler, and the resources its lifespan owns.
 
-`create_app(settings)` is the only way to build it (tests pass their own Settings);
-`app_from_environment()` is the factory the ASGI server imports in each worker. The lifespan
-opens the request pool, the Redis client and the relay, and starts the housekeeping (the
-idempotency-key purge, the event log's partitions);
+`create_app(settings)` is the only way to build it (tests pass their own Settings; the server's
+workers their environment's, server.py). The lifespan opens the request pool, the Redis client
+and the relay, and starts the housekeeping (the idempotency-key purge, the event log's
+partitions);
 on shutdown (after the server has stopped taking requests and finished the ones in flight) it
 flushes the relay and closes them. No SQL and no request parsing here.
 """
@@ -25,14 +25,14 @@ from service.feed import Feed
 from service.http import idempotency
 from service.http.auth import TokenAuthenticator
 from service.http.call import Services
+from service.http.docs_page import DOCS_HANDLERS
 from service.http.error_handler import render_error
 from service.http.limits import MAX_BODY_BYTES
 from service.http.mount import V1_HANDLERS
 from service.http.observability import RequestObserver
 from service.http.openapi import SCHEMA_HANDLERS
-from service.http.status import STATUS_HANDLERS
-from service.logs import configure_logging
-from service.settings import Settings, load_settings
+from service.http.status import STATUS_HANDLERS, StoreProbe
+from service.settings import Settings
 from service.store import event_log
 from service.store.database import Database, create_pool
 from service.store.pool import ConnectionPool
@@ -77,12 +77,15 @@ def _lifespan(settings: Settings, run_relay: bool) -> Callable[[Litestar], Abstr
         app.state.db = db
         app.state.redis = redis
         app.state.relay = relay
-        app.state.authenticator = TokenAuthenticator(db, settings.token_cache_seconds)
-        app.state.services = Services(db, Conversations(settings.events_stream), Feed(settings.events_feed_days))
+        app.state.authenticator = TokenAuthenticator(db, settings.token_cache_seconds, settings.token_cache_size)
+        app.state.services = Services(db, Conversations(settings.events_stream), Feed(settings.events_feed_days),
+                                      idempotency.KeyedWriteBudget(settings.idempotency_keys_per_second))
+        app.state.store_probe = StoreProbe(db, settings.events_stream)
         if run_relay:
             relay.start()
         background = [asyncio.create_task(_sample_pool(pool), name="pool-sampler"),
-                      asyncio.create_task(idempotency.purge_forever(db), name="idempotency-purge"),
+                      asyncio.create_task(idempotency.purge_forever(db, settings.idempotency_purge_seconds),
+                                          name="idempotency-purge"),
                       asyncio.create_task(_maintain_event_log(db, settings.events_feed_days), name="event-log")]
         try:
             yield
@@ -103,7 +106,7 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> RequestObserver
     `run_relay=False` is for tests that drive the relay themselves.
     """
     return RequestObserver(Litestar(
-        route_handlers=[*V1_HANDLERS, *STATUS_HANDLERS, *SCHEMA_HANDLERS],
+        route_handlers=[*V1_HANDLERS, *STATUS_HANDLERS, *SCHEMA_HANDLERS, *DOCS_HANDLERS],
         lifespan=[_lifespan(settings, run_relay)],
         exception_handlers={Exception: render_error},
         request_max_body_size=MAX_BODY_BYTES,
@@ -111,10 +114,3 @@ def create_app(settings: Settings, *, run_relay: bool = True) -> RequestObserver
         logging_config=None,  # logging is service/logs.py's, set up once per process
         debug=False,
     ))
-
-
-def app_from_environment() -> RequestObserver:
-    """The ASGI server's factory: one app per worker, configured from the environment."""
-    settings = load_settings()
-    configure_logging(settings.log_level)  # workers are fresh interpreters: configure each
-    return create_app(settings)

@@ -1,9 +1,13 @@
-"""Bearer-token authentication for /v1: SHA-256 lookup, cached for at most 5 seconds.
+"""Bearer-token authentication for /v1: SHA-256 lookup, with answers remembered for at most 5 seconds.
 
-A token is looked up by the SHA-256 of its bytes (only hashes are stored). A hit is kept in
-this process for `token_cache_seconds` (at most 5, the contract's revocation window), so most
-requests cost no database round trip. Misses are never cached: a new token works at once.
-Never reads request bodies, and never logs or echoes a token.
+A token is looked up by the SHA-256 of its bytes (only hashes are stored). A token that does not
+have the shape of the ones `tokens create` makes is unknown without a lookup. An answer is kept
+in this process for `token_cache_seconds` (at most 5, the contract's revocation window): a known
+token's account, so most requests cost no database round trip, and an unknown token's absence,
+so a client repeating a bad token costs one lookup per window, not one per request. Caching
+absence is safe because tokens are unguessable: a token nobody has issued yet cannot have been
+tried. Each cache holds at most `cache_size` tokens, the oldest forgotten first. Never reads
+request bodies, and never logs or echoes a token.
 """
 
 from __future__ import annotations
@@ -13,19 +17,32 @@ import time
 from service.errors import Unauthenticated
 from service.store import api_tokens
 from service.store.database import Database
-from service.tokens import hash_token
+from service.tokens import TOKEN_SHAPE, hash_token
 
-MAX_CACHED_TOKENS = 10_000
+DEFAULT_CACHE_SIZE = 10_000
 REVOCATION_WINDOW_SECONDS = 5.0
+_UNKNOWN_TOKEN = "the API token is unknown or has been revoked"
+
+
+def _remember(cache: dict[bytes, tuple[str | None, float]], size: int, digest: bytes,
+              answer: tuple[str | None, float]) -> None:
+    """Insert at the end; entries share one lifetime, so the first is the oldest to forget."""
+    cache.pop(digest, None)
+    while len(cache) >= size:
+        del cache[next(iter(cache))]
+    cache[digest] = answer
 
 
 class TokenAuthenticator:
     """Maps an Authorization header to the account its token belongs to."""
 
-    def __init__(self, db: Database, cache_seconds: float = REVOCATION_WINDOW_SECONDS) -> None:
+    def __init__(self, db: Database, cache_seconds: float = REVOCATION_WINDOW_SECONDS,
+                 cache_size: int = DEFAULT_CACHE_SIZE) -> None:
         self._db = db
         self._cache_seconds = min(cache_seconds, REVOCATION_WINDOW_SECONDS)
-        self._cache: dict[bytes, tuple[str, float]] = {}
+        self._cache_size = cache_size
+        self._known: dict[bytes, tuple[str | None, float]] = {}
+        self._unknown: dict[bytes, tuple[str | None, float]] = {}
 
     async def account_for(self, authorization: bytes | None) -> str:
         """The account of the bearer token in `authorization`, or Unauthenticated."""
@@ -37,22 +54,20 @@ class TokenAuthenticator:
             raise Unauthenticated("the Authorization header must be 'Bearer <token>'")
         digest = hash_token(token)
         now = time.monotonic()
-        cached = self._cache.get(digest)
+        cached = self._known.get(digest)
         if cached is not None and cached[1] > now:
-            return cached[0]
+            return cached[0]  # type: ignore[return-value]
+        if TOKEN_SHAPE.fullmatch(token) is None:  # checked off the hot path: known tokens have the shape
+            raise Unauthenticated(_UNKNOWN_TOKEN)
+        absent = self._unknown.get(digest)
+        if absent is not None and absent[1] > now:
+            raise Unauthenticated(_UNKNOWN_TOKEN)
         account_id = await api_tokens.fetch_account_for_token(self._db, digest)
+        until = now + self._cache_seconds
         if account_id is None:
-            self._cache.pop(digest, None)
-            raise Unauthenticated("the API token is unknown or has been revoked")
-        if len(self._cache) >= MAX_CACHED_TOKENS:
-            self._evict_expired(now)
-        self._cache[digest] = (account_id, now + self._cache_seconds)
+            self._known.pop(digest, None)
+            _remember(self._unknown, self._cache_size, digest, (None, until))
+            raise Unauthenticated(_UNKNOWN_TOKEN)
+        self._unknown.pop(digest, None)
+        _remember(self._known, self._cache_size, digest, (account_id, until))
         return account_id
-
-    def _evict_expired(self, now: float) -> None:
-        expired = [digest for digest, (_, until) in self._cache.items() if until <= now]
-        for digest in expired:
-            del self._cache[digest]
-        if len(self._cache) >= MAX_CACHED_TOKENS:
-            self._cache.clear()
-

@@ -27,6 +27,10 @@ _CONTENT_LENGTH = b"content-length"
 _IDEMPOTENCY_KEY = b"idempotency-key"
 _IF_MATCH = b"if-match"
 
+# A version is the conversation's event sequence, a PostgreSQL bigint.
+MAX_VERSION = 2**63 - 1
+_MAX_VERSION_DIGITS = len(str(MAX_VERSION))
+
 T = TypeVar("T", bound=RequestAttributes)
 Work = Callable[[Executor], Awaitable[Reply]]
 
@@ -42,32 +46,37 @@ def raw_header(scope_headers: list[tuple[bytes, bytes]], name: bytes) -> bytes |
 def parse_if_match(value: bytes | None) -> list[int] | None:
     """The versions an If-Match header allows (None: any, as without the header or with `*`).
 
-    Only strong validators can match (RFC 9110 §13.1.1): a weak or malformed one matches
-    nothing, so a write conditioned on it fails its precondition.
+    Only strong validators can match, compared character by character (RFC 9110 §8.8.3.2): a
+    weak or malformed tag, one with leading zeros, or a number no version can reach (a bigint
+    holds versions) matches nothing, so a write conditioned on it fails its precondition (412).
     """
     if value is None or value.strip() == b"*":
         return None
     versions = []
     for candidate in value.split(b","):
         tag = candidate.strip()
-        if len(tag) >= 3 and tag[:1] == b'"' and tag[-1:] == b'"' and tag[1:-1].isdigit() and len(tag) < 22:
-            versions.append(int(tag[1:-1]))
+        digits = tag[1:-1]
+        if (tag[:1] == b'"' and tag[-1:] == b'"' and 0 < len(digits) <= _MAX_VERSION_DIGITS and digits.isdigit()
+                and digits[:1] != b"0" and int(digits) <= MAX_VERSION):
+            versions.append(int(digits))
     return versions
 
 
 class Services:
     """What the operations work with, built once by the app's lifespan."""
 
-    __slots__ = ("conversations", "db", "feed")
+    __slots__ = ("conversations", "db", "feed", "keyed_writes")
 
-    def __init__(self, db: Database, conversations: Conversations, feed: Feed) -> None:
+    def __init__(self, db: Database, conversations: Conversations, feed: Feed,
+                 keyed_writes: idempotency.KeyedWriteBudget) -> None:
         self.db = db
         self.conversations = conversations
         self.feed = feed
+        self.keyed_writes = keyed_writes
 
 
 class Call:
-    __slots__ = ("_body", "account_id", "conversations", "db", "feed", "item_id", "receive", "scope")
+    __slots__ = ("_body", "account_id", "conversations", "db", "feed", "item_id", "keyed_writes", "receive", "scope")
 
     def __init__(self, scope: Scope, receive: Receive, services: Services, account_id: str, item_id: str) -> None:
         self.scope = scope
@@ -75,6 +84,7 @@ class Call:
         self.db = services.db
         self.conversations = services.conversations
         self.feed = services.feed
+        self.keyed_writes = services.keyed_writes
         self.account_id = account_id
         self.item_id = item_id  # the {id} of an item route, else ""
         self._body = b""
@@ -115,6 +125,7 @@ class Call:
         if raw_key is None or self.scope["method"] == "GET":
             return await work(self.db)
         key = idempotency.checked_key(raw_key)
+        self.keyed_writes.spend(self.account_id)
         path = self.scope.get("raw_path") or self.scope["path"].encode()
         request_fingerprint = idempotency.fingerprint(self.scope["method"], path.decode("latin-1"),
                                                       self.header(CONTENT_TYPE), self._body)

@@ -5,12 +5,19 @@ account), then makes the change (and its outbox event), then stores the reply, a
 three together. A retry with the same key and the same request gets the stored status, body and
 headers back, and changes nothing (so no second event); the same key with another method, path
 or body is a 400 naming the header. A retry that arrives while the first is still running waits
-for it (up to the store's LOCK_WAIT), then replays its answer; past that it is a 409. Keys are
+for it (up to the store's LOCK_WAIT), then replays its answer; past that it is a 409. A write
+that waits longer than LOCK_WAIT for another write's lock on its conversation is a 503. Keys are
 kept for the store's RETENTION; `purge_forever` deletes expired ones on its own schedule.
 
 Only outcomes of carrying out the write are stored (success, and the errors marked
-`is_outcome`: 404, 409 conflicts, 412); a request refused before it started (validation) or
-that failed on our side stores nothing, so it can be retried with the same key.
+`is_outcome`: 409 conflicts, 412); a request refused before it started (validation, the rate
+below), one for a conversation that does not exist (404: ids are never reused, so a retry gets
+the same 404 anew), or one that failed on our side stores nothing, so it can be retried with the
+same key.
+
+What keys can cost is bounded: `KeyedWriteBudget` lets an account send at most N keyed writes a
+second to this process (429 past it), and with 24 h retention that bounds the rows an account
+can make the service keep.
 """
 
 from __future__ import annotations
@@ -19,11 +26,20 @@ import asyncio
 import hashlib
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
 
 import asyncpg
 
-from service.errors import ApiError, IdempotencyKeyInUse, InvalidRequest, encode_error
+from service import metrics
+from service.errors import (
+    ApiError,
+    ConversationBusy,
+    IdempotencyKeyInUse,
+    InvalidRequest,
+    TooManyKeyedWrites,
+    encode_error,
+)
 from service.http.reply import Reply
 from service.store import idempotency_keys
 from service.store.database import Database, Executor
@@ -32,7 +48,6 @@ logger = logging.getLogger("service.http.idempotency")
 
 HEADER = "Idempotency-Key"
 KEY_PATTERN = re.compile(rb"[\x21-\x7e]{1,255}")  # visible ASCII, as Stripe accepts
-PURGE_INTERVAL_SECONDS = 60.0
 
 Work = Callable[[Executor], Awaitable[Reply]]
 
@@ -41,6 +56,28 @@ def checked_key(raw: bytes) -> str:
     if KEY_PATTERN.fullmatch(raw) is None:
         raise InvalidRequest(f"{HEADER} must be 1 to 255 visible ASCII characters", param=HEADER)
     return raw.decode("ascii")
+
+
+class KeyedWriteBudget:
+    """At most `per_second` keyed writes per account in each second of this process's clock.
+
+    One count per account for the current second, all dropped when the second turns: memory is
+    bounded by the accounts active within one second, and a write costs a dict lookup.
+    """
+
+    def __init__(self, per_second: int) -> None:
+        self._per_second = per_second
+        self._second = 0
+        self._counts: dict[str, int] = {}
+
+    def spend(self, account_id: str) -> None:
+        second = int(time.monotonic())
+        if second != self._second:
+            self._second, self._counts = second, {}
+        count = self._counts.get(account_id, 0) + 1
+        if count > self._per_second:
+            raise TooManyKeyedWrites(self._per_second)
+        self._counts[account_id] = count
 
 
 def fingerprint(method: str, path: str, media_type: bytes | None, body: bytes) -> bytes:
@@ -69,6 +106,10 @@ async def run_once(db: Database, account_id: str, key: str, request_fingerprint:
                          replayed=True)
         try:
             reply = await work(transaction)
+        except asyncpg.LockNotAvailableError:
+            # The transaction's lock wait bound also covers the conversation's row: a retry may
+            # succeed, and nothing is stored, so it may reuse the key.
+            raise ConversationBusy from None
         except ApiError as error:
             if not error.is_outcome:
                 raise  # nothing is stored: the transaction, and the claim, roll back
@@ -78,12 +119,12 @@ async def run_once(db: Database, account_id: str, key: str, request_fingerprint:
         return reply
 
 
-async def purge_forever(db: Database) -> None:
-    """Delete expired keys every PURGE_INTERVAL_SECONDS, whatever else is failing."""
+async def purge_forever(db: Database, interval_seconds: float) -> None:
+    """Delete expired keys every `interval_seconds`, whatever else (Redis, say) is failing."""
     while True:
-        await asyncio.sleep(PURGE_INTERVAL_SECONDS)
+        await asyncio.sleep(interval_seconds)
         try:
-            await idempotency_keys.purge_expired(db)
+            metrics.IDEMPOTENCY_KEYS_PURGED.inc(await idempotency_keys.purge_expired(db))
         except Exception:  # PostgreSQL unreachable, say: try again next time
-            logger.warning("could not purge expired idempotency keys; retrying in %.0f s", PURGE_INTERVAL_SECONDS,
+            logger.warning("could not purge expired idempotency keys; retrying in %.0f s", interval_seconds,
                            exc_info=True)

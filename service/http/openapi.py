@@ -1,4 +1,5 @@
-"""The OpenAPI 3.1 document's paths, and the interactive docs page, both under /schema.
+"""The OpenAPI 3.1 document's paths, at /schema/openapi.json (its schemas are openapi_schemas.py's, the docs
+page that shows it docs_page.py's).
 
 The document is assembled here rather than inferred by Litestar, because the mount decodes
 bodies and queries itself (decoding.py) and Litestar would describe neither the form encoding
@@ -56,22 +57,35 @@ _ERROR_DESCRIPTIONS = {
     409: ("The account already has a conversation with this contact or group, or a request with the same "
           "Idempotency-Key is still running."),
     410: "The cursor names an event older than the feed's window: resync (list the conversations again).",
+    408: "The request head did not arrive within HTTP_HEADER_TIMEOUT; the connection is closed.",
     412: "If-Match names a version the conversation no longer has (nothing was changed).",
     413: f"The body is over {MAX_BODY_BYTES // 1024} KiB.",
+    414: "The request line is over HTTP_MAX_URL_BYTES (8 KiB); the connection is closed.",
     415: "The body is neither JSON nor form data.",
+    429: ("More writes with an Idempotency-Key a second than the account may send (IDEMPOTENCY_KEYS_PER_SECOND); "
+          "nothing was stored: retry after Retry-After seconds, with the same key."),
+    431: ("The header block is over HTTP_MAX_HEADER_BYTES (16 KiB) or has more than HTTP_MAX_HEADERS (100) headers; "
+          "the connection is closed."),
     500: "An unexpected error on our side (logged; the body has no details).",
-    503: "PostgreSQL is unreachable; retry after the Retry-After seconds.",
+    503: ("PostgreSQL is unreachable or too slow, a write with an Idempotency-Key waited over 2 s for another "
+          "write to the conversation, or the process is at its limit of requests or connections; retry after the "
+          "Retry-After seconds."),
 }
 
 
-def _errors(*statuses: int) -> dict[str, Any]:
+# What the server's front door may answer to any request before the app sees it (protocol.py).
+FRONT_DOOR_STATUSES = (408, 414, 431)
+
+
+def _errors(*statuses: int, authenticated: bool = True) -> dict[str, Any]:
+    """The error responses of an operation: `statuses`, the front door's, and (for /v1) 401, 500, 503."""
     responses: dict[str, Any] = {}
-    for status in (*statuses, 401, 500, 503):
+    for status in sorted({*statuses, *FRONT_DOOR_STATUSES, *((401, 500, 503) if authenticated else ())}):
         response: dict[str, Any] = {"description": _ERROR_DESCRIPTIONS[status],
                                     "content": json_content("ConflictErrorBody" if status == 409 else "ErrorBody")}
         if status == 401:
             response["headers"] = {"WWW-Authenticate": {"schema": {"type": "string", "const": "Bearer"}}}
-        if status == 503:
+        if status in (429, 503):
             response["headers"] = {"Retry-After": {"schema": {"type": "string"}, "required": True}}
         responses[str(status)] = response
     return responses
@@ -178,7 +192,7 @@ def build_document() -> dict[str, Any]:
                                            "headers": {"Location": {"schema": {"type": "string"}, "required": True,
                                                                     "description": "/v1/conversations/{id}"},
                                                        **_ETAG_HEADER, **_REPLAYED_HEADER}},
-                                   **_errors(400, 409, 413, 415)}},
+                                   **_errors(400, 409, 413, 415, 429)}},
         },
         "/v1/conversations/{conversation_id}": {
             "parameters": [_CONVERSATION_ID_PARAMETER],
@@ -190,12 +204,12 @@ def build_document() -> dict[str, Any]:
                                     "nothing returns the conversation unchanged."),
                     "tags": tags, "security": bearer, "parameters": [_IDEMPOTENCY_KEY_PARAMETER, _IF_MATCH_PARAMETER],
                     "requestBody": _request_body("ConversationUpdate", False),
-                    "responses": {"200": conversation_200, **_errors(400, 404, 409, 412, 413, 415)}},
+                    "responses": {"200": conversation_200, **_errors(400, 404, 409, 412, 413, 415, 429)}},
             "delete": {"operationId": "deleteConversation", "summary": "Delete a conversation permanently",
                        "tags": tags, "security": bearer,
                        "parameters": [_IDEMPOTENCY_KEY_PARAMETER, _IF_MATCH_PARAMETER],
                        "responses": {"204": {"description": "Deleted; no body.", "headers": _REPLAYED_HEADER},
-                                     **_errors(400, 404, 409, 412, 413, 415)}},
+                                     **_errors(400, 404, 409, 412, 413, 415, 429)}},
         },
         "/v1/events": {
             "get": {"operationId": "listEvents", "summary": "The events feed: every published event, newest first",
@@ -217,16 +231,19 @@ def build_document() -> dict[str, Any]:
         },
         "/health": {"get": {"operationId": "health", "summary": "Liveness: the process answers",
                             "tags": ["operations"], "security": [],
-                            "responses": {"200": {"description": "Alive.", "content": json_content("Health")}}}},
+                            "responses": {"200": {"description": "Alive.", "content": json_content("Health")},
+                                          **_errors(authenticated=False)}}},
         "/ready": {"get": {"operationId": "ready", "summary": "Readiness: PostgreSQL reachable",
                            "tags": ["operations"], "security": [],
                            "responses": {"200": {"description": "Ready.", "content": json_content("Readiness")},
                                          "503": {"description": "PostgreSQL is unreachable.",
-                                                 "content": json_content("Readiness")}}}},
+                                                 "content": json_content("Readiness")},
+                                         **_errors(authenticated=False)}}},
         "/metrics": {"get": {"operationId": "metrics", "summary": "Prometheus metrics of every worker",
                              "tags": ["operations"], "security": [],
                              "responses": {"200": {"description": "Prometheus text format.",
-                                                   "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+                                                   "content": {"text/plain": {"schema": {"type": "string"}}}},
+                                           **_errors(503, authenticated=False)}}},
     }
     patch = copy.deepcopy(paths["/v1/conversations/{conversation_id}"]["put"])
     patch["operationId"] = "patchConversation"
@@ -246,24 +263,9 @@ def build_document() -> dict[str, Any]:
 
 _DOCUMENT = msgspec.json.encode(build_document())
 
-_DOCS_PAGE = f"""<!doctype html>
-<html lang="en">
-<head><meta charset="utf-8"><title>Conversations API</title>
-<link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css"></head>
-<body><div id="docs"></div>
-<script src="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
-<script>SwaggerUIBundle({{url: "{OPENAPI_PATH}", dom_id: "#docs"}});</script>
-</body></html>""".encode()
-
-
 @get(OPENAPI_PATH, sync_to_thread=False)
 def openapi_document() -> ASGIResponse:
     return ASGIResponse(body=_DOCUMENT, media_type=MediaType.JSON)
 
 
-@get("/schema", sync_to_thread=False)
-def docs_page() -> ASGIResponse:
-    return ASGIResponse(body=_DOCS_PAGE, media_type=MediaType.HTML)
-
-
-SCHEMA_HANDLERS = [openapi_document, docs_page]
+SCHEMA_HANDLERS = [openapi_document]

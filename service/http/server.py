@@ -1,5 +1,8 @@
 """`python -m service serve`: migrate, then run the app on uvicorn (uvloop + httptools).
 
+Each worker builds its app with `worker_app`, which also hands the protocol its bounds (request
+head size and time, requests and connections at once: protocol.py).
+
 uvicorn was chosen over granian by measurement (README.md, "Performance"). Shutdown on SIGTERM
 is bounded by SHUTDOWN_TIMEOUT: half of it for in-flight requests to finish, then the lifespan
 flushes the relay within a share of the rest and closes the pools.
@@ -15,11 +18,23 @@ from types import FrameType
 
 import uvicorn
 
+from service.http.app import create_app
+from service.http.observability import RequestObserver
 from service.http.protocol import ContractHttpToolsProtocol
-from service.settings import Settings
+from service.logs import configure_logging
+from service.settings import Settings, load_settings
 from service.store.migrate import migrate
 
-APP_FACTORY = "service.http.app:app_from_environment"
+APP_FACTORY = "service.http.server:worker_app"
+
+
+def worker_app() -> RequestObserver:
+    """The ASGI server's factory, run in each worker before it accepts a connection: the app for
+    this process's environment, and the front door's bounds for its protocol."""
+    settings = load_settings()
+    configure_logging(settings.log_level)  # workers are fresh interpreters: configure each
+    ContractHttpToolsProtocol.configure(settings)
+    return create_app(settings)
 
 
 def _note_stop_signal(signum: int, _frame: FrameType | None) -> None:
@@ -47,7 +62,8 @@ def serve(settings: Settings, *, migrate_first: bool = True, workers: int | None
         port=settings.port,
         workers=worker_count,
         loop="uvloop",
-        http=ContractHttpToolsProtocol,  # httptools, answering unparsable requests in the error shape
+        http=ContractHttpToolsProtocol,  # httptools, with the front door's bounds (protocol.py)
+        timeout_keep_alive=settings.http_keep_alive_timeout,  # type: ignore[arg-type]
         lifespan="on",
         access_log=False,
         log_config=None,

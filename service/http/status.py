@@ -5,6 +5,11 @@ take every replica out because the database blinked). /ready is 200 when Postgre
 503 otherwise; its body also reports Redis, the outbox backlog, the durability the relay
 detected and why events wait in the outbox (EVENTS_REQUIRE_DURABLE), none of which fail it,
 since the API keeps working without Redis.
+
+Neither needs a token, so what they cost PostgreSQL is bounded whatever the request rate and the
+backlog: the backlog is counted up to BACKLOG_COUNT_LIMIT rows by index (a Redis outage can leave
+millions, exactly when replicas must stay ready to drain them), and concurrent /ready and /metrics
+calls of a process share one check, so a flood of them holds one pooled connection at most.
 """
 
 from __future__ import annotations
@@ -23,10 +28,11 @@ from service.errors import RETRY_AFTER_SECONDS
 from service.events.durability import Durability
 from service.events.relay import Relay
 from service.model import encode_json
-from service.store import outbox
+from service.store import idempotency_keys, outbox
 from service.store.database import Database
 
 READY_CHECK_SECONDS = 1.0
+BACKLOG_COUNT_LIMIT = 10_000
 
 
 class Health(msgspec.Struct):
@@ -40,6 +46,8 @@ class Readiness(msgspec.Struct):
     postgres: str
     redis: str
     outbox_backlog: int | None
+    # True when the backlog is at least outbox_backlog (the count stops at BACKLOG_COUNT_LIMIT).
+    outbox_backlog_capped: bool
     outbox_oldest_age_seconds: int | None
     relay_is_leader: bool
     events_durability: str | None  # waitaof / fsync-always / aof-unconfirmed / none; null: not known yet
@@ -54,12 +62,23 @@ def health() -> ASGIResponse:
     return ASGIResponse(body=_HEALTHY, media_type="application/json")
 
 
-async def _check_postgres(db: Database, stream: str) -> tuple[int, int | None] | None:
+class StoreFigures(msgspec.Struct, frozen=True):
+    """What one check read from PostgreSQL for /ready and /metrics."""
+
+    backlog: int  # counted up to BACKLOG_COUNT_LIMIT
+    oldest_occurred_at: int | None
+    keys_stored: int
+    oldest_key_age: int | None
+
+
+async def _check_postgres(db: Database, stream: str) -> StoreFigures | None:
     try:
         async with asyncio.timeout(READY_CHECK_SECONDS):
             connection = await db.acquire()
             try:
-                return await outbox.fetch_backlog(connection, stream)
+                backlog, oldest = await outbox.fetch_backlog(connection, stream, BACKLOG_COUNT_LIMIT)
+                keys, oldest_key_age = await idempotency_keys.fetch_figures(connection)
+                return StoreFigures(backlog, oldest, keys, oldest_key_age)
             except BaseException:
                 with contextlib.suppress(asyncpg.InterfaceError):
                     connection.terminate()  # cut short: do not wait on a server that did not answer
@@ -68,6 +87,32 @@ async def _check_postgres(db: Database, stream: str) -> tuple[int, int | None] |
                 db.release(connection)
     except Exception:  # any failure at all means "not ready", which is the answer
         return None
+
+
+class StoreProbe:
+    """One process's check of PostgreSQL and the outbox backlog, shared by concurrent callers.
+
+    The first caller starts the check as a task, so that a caller that gives up does not cancel
+    it for the others; every caller that arrives while it runs gets its answer. An answer is
+    never reused after that: /ready must tell the state of now.
+    """
+
+    def __init__(self, db: Database, stream: str) -> None:
+        self._db = db
+        self._stream = stream
+        self._running: asyncio.Task[StoreFigures | None] | None = None
+
+    async def figures(self) -> StoreFigures | None:
+        """What PostgreSQL says now, or None if it cannot be reached in time."""
+        if self._running is None:
+            self._running = asyncio.create_task(self._check(), name="ready-check")
+        return await asyncio.shield(self._running)
+
+    async def _check(self) -> StoreFigures | None:
+        try:
+            return await _check_postgres(self._db, self._stream)
+        finally:
+            self._running = None
 
 
 async def _check_redis(request: Request) -> bool:
@@ -81,35 +126,37 @@ async def _check_redis(request: Request) -> bool:
 @get("/ready")
 async def ready(request: Request) -> ASGIResponse:
     state = request.app.state
-    backlog, redis_ok = await asyncio.gather(_check_postgres(state.db, state.settings.events_stream),
-                                             _check_redis(request))
+    figures, redis_ok = await asyncio.gather(state.store_probe.figures(), _check_redis(request))
     relay: Relay = state.relay
     oldest_age = None
-    if backlog is not None and backlog[1] is not None:
-        oldest_age = max(0, int(time.time()) - backlog[1])
+    if figures is not None and figures.oldest_occurred_at is not None:
+        oldest_age = max(0, int(time.time()) - figures.oldest_occurred_at)
     report = Readiness(
-        status="ready" if backlog is not None else "unavailable",
-        postgres="ok" if backlog is not None else "unreachable",
+        status="ready" if figures is not None else "unavailable",
+        postgres="ok" if figures is not None else "unreachable",
         redis="ok" if redis_ok else "unreachable",
-        outbox_backlog=None if backlog is None else backlog[0],
+        outbox_backlog=None if figures is None else figures.backlog,
+        outbox_backlog_capped=figures is not None and figures.backlog >= BACKLOG_COUNT_LIMIT,
         outbox_oldest_age_seconds=oldest_age,
         relay_is_leader=relay.stats.is_leader,
         events_durability=None if relay.stats.durability is None else relay.stats.durability.value,
         events_held=relay.hold_reason(),
     )
-    headers = None if backlog is not None else {"Retry-After": RETRY_AFTER_SECONDS}
+    headers = None if figures is not None else {"Retry-After": RETRY_AFTER_SECONDS}
     return ASGIResponse(body=encode_json(report), media_type="application/json",
-                        status_code=200 if backlog is not None else 503, headers=headers)
+                        status_code=200 if figures is not None else 503, headers=headers)
 
 
 @get("/metrics", media_type=metrics.CONTENT_TYPE)
 async def metrics_endpoint(request: Request) -> ASGIResponse:
     state = request.app.state
-    backlog = await _check_postgres(state.db, state.settings.events_stream)
+    figures = await state.store_probe.figures()
     relay: Relay = state.relay
     durability = [(mode.value, mode is relay.stats.durability) for mode in Durability]
-    families = await metrics.scrape_families(backlog, state.redis, state.settings.events_stream, durability,
-                                             held=relay.hold_reason() is not None)
+    families = await metrics.scrape_families(
+        None if figures is None else (figures.backlog, figures.oldest_occurred_at),
+        None if figures is None else (figures.keys_stored, figures.oldest_key_age),
+        state.redis, state.settings.events_stream, durability, held=relay.hold_reason() is not None)
     return ASGIResponse(body=metrics.render(families), media_type=metrics.CONTENT_TYPE)
 
 

@@ -2,8 +2,8 @@
 
 A key is claimed by inserting its row inside the write's own transaction, so the change, its
 event and the stored reply commit together; a concurrent retry waits on that uncommitted row
-(bounded by LOCK_WAIT). Lookups are by the primary key (account_id, key); the purge walks
-`idempotency_keys_created_at_idx`.
+(bounded by LOCK_WAIT). Lookups are by the primary key (account_id, key); the purge and the
+oldest key's age walk `idempotency_keys_created_at_idx`.
 """
 
 from __future__ import annotations
@@ -34,6 +34,14 @@ DELETE_EXPIRED = f"""
 DELETE FROM idempotency_keys WHERE ctid IN (
     SELECT ctid FROM idempotency_keys WHERE created_at < now() - interval '{RETENTION}'
     LIMIT {PURGE_BATCH} FOR UPDATE SKIP LOCKED)
+"""
+
+
+# For /metrics: PostgreSQL's own running count of live rows (no scan), and the oldest key by
+# idempotency_keys_created_at_idx: whether the purge keeps up shows as an age past RETENTION.
+SELECT_FIGURES = """
+SELECT (SELECT n_live_tup FROM pg_stat_user_tables WHERE relid = 'idempotency_keys'::regclass),
+       (SELECT floor(extract(epoch FROM now() - min(created_at)))::bigint FROM idempotency_keys)
 """
 
 
@@ -79,3 +87,9 @@ async def purge_expired(db: Executor) -> int:
         deleted += count
         if count < PURGE_BATCH:
             return deleted
+
+
+async def fetch_figures(db: Executor) -> tuple[int, int | None]:
+    """(keys stored, by PostgreSQL's statistics; age in seconds of the oldest, or None if none)."""
+    row = await db.fetchrow(SELECT_FIGURES)
+    return int(row[0] or 0), row[1]

@@ -86,7 +86,19 @@ def insert_event(event_type: str, *, stream: str, account_id: str, event_id: str
 
 SELECT_BATCH = (f"SELECT position, {', '.join(COLUMNS)} FROM conversation_outbox "
                 "WHERE stream = $1 ORDER BY position LIMIT $2")
-SELECT_BACKLOG = "SELECT count(*), min(occurred_at) FROM conversation_outbox WHERE stream = $1"
+# Both walk conversation_outbox_pkey (stream, position): the count stops at $2 rows, and the
+# oldest is the next row the relay will publish, so the cost stays flat however large the backlog.
+# The planner is held to that index: with statistics older than a burst (a backlog grows by
+# millions within one autovacuum round), it would otherwise pick a bitmap scan, which reads every
+# row of the stream before the LIMIT applies (measured: 0.4 s at 1,000,000 rows).
+HOLD_TO_INDEX_SCANS = "SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off"
+SELECT_BACKLOG = """
+SELECT (SELECT count(*) FROM (SELECT FROM conversation_outbox WHERE stream = $1 LIMIT $2) AS w),
+       (SELECT occurred_at FROM conversation_outbox WHERE stream = $1 ORDER BY position LIMIT 1)
+"""
+# A stopping follower's mark, and whether anything up to it still waits (conversation_outbox_pkey).
+SELECT_LAST_POSITION = "SELECT max(position) FROM conversation_outbox WHERE stream = $1"
+SELECT_WAITING_UP_TO = "SELECT EXISTS (SELECT FROM conversation_outbox WHERE stream = $1 AND position <= $2)"
 SET_WRITERS_NOTIFY = ("INSERT INTO outbox_wakeups (stream, notify) VALUES ($1, $2) "
                       "ON CONFLICT (stream) DO UPDATE SET notify = EXCLUDED.notify")
 # One publisher per stream: a session-level advisory lock keyed by the stream's name.
@@ -137,10 +149,22 @@ def event_of(row: asyncpg.Record, first: int) -> ConversationEvent:
                              previous_attributes=UNSET if previous is None else previous)
 
 
-async def fetch_backlog(connection: asyncpg.Connection, stream: str) -> tuple[int, int | None]:
-    """(rows waiting to be published, occurred_at of the oldest) for `stream`."""
-    row = await connection.fetchrow(SELECT_BACKLOG, stream)
+async def fetch_backlog(connection: asyncpg.Connection, stream: str, count_limit: int) -> tuple[int, int | None]:
+    """(rows waiting to be published, counted up to `count_limit`; occurred_at of the next to go) for `stream`."""
+    async with connection.transaction(readonly=True):
+        await connection.execute(HOLD_TO_INDEX_SCANS)
+        row = await connection.fetchrow(SELECT_BACKLOG, stream, count_limit)
     return int(row[0]), row[1]
+
+
+async def fetch_last_position(connection: asyncpg.Connection, stream: str) -> int | None:
+    """The highest position of the stream's rows now in the outbox, or None if there are none."""
+    return await connection.fetchval(SELECT_LAST_POSITION, stream)
+
+
+async def has_rows_up_to(connection: asyncpg.Connection, stream: str, position: int) -> bool:
+    """Whether any of the stream's rows at or below `position` still waits to be published."""
+    return bool(await connection.fetchval(SELECT_WAITING_UP_TO, stream, position))
 
 
 async def set_writers_notify(connection: asyncpg.Connection, stream: str, notify: bool) -> None:

@@ -5,8 +5,8 @@ change the conversation's row, then insert its event into the outbox (outbox.py'
 after the row lock, so per-conversation outbox order is commit order), whose RETURNING sends
 the relay's NOTIFY, so a statement that writes no event sends no notification. Every statement
 is a fixed string, so asyncpg prepares it once per connection; `$n` follow the argument order
-of the function below it. Every lookup is by the primary key (account_id, id) or one of the
-account's unique party indexes (schema.sql).
+of the function below it. Every lookup is by the primary key (account_id, id), one of the
+account's unique party indexes, or a list filter's partial index (schema.sql).
 """
 
 from __future__ import annotations
@@ -60,33 +60,52 @@ async def fetch_id_by_party(db: Executor, account_id: str, param: str, party_id:
     return await db.fetchval(query, account_id, party_id)
 
 
-# Filter attribute -> the condition it adds; its value is the next parameter.
-LIST_FILTERS = {
-    "muted": "is_muted = ${n}",
-    "pinned": "is_pinned = ${n}",
-    "archived": "(archived_at IS NOT NULL) = ${n}",
+# A flag filter's value is written into the statement, (condition if true, condition if false),
+# so that the planner can match the partial index of exactly that value (schema.sql): a page
+# filtered on a value few of the account's conversations have is then a keyset scan of the few.
+FLAG_FILTERS = {
+    "muted": ("is_muted", "NOT is_muted"),
+    "pinned": ("is_pinned", "NOT is_pinned"),
+    "archived": ("archived_at IS NOT NULL", "archived_at IS NULL"),
+}
+# A party filter's value is the next parameter; the account's unique party indexes serve it.
+PARTY_FILTERS = {
     "contact_id": "contact_id = ${n}",
     "group_id": "group_id = ${n}",
 }
+LIST_FILTERS = (*FLAG_FILTERS, *PARTY_FILTERS)
+
+
+def _split_filters(filters: dict[str, object]) -> tuple[tuple[tuple[str, bool], ...], tuple[str, ...], list[object]]:
+    """(flag filters with their values, party filter names, party values) of a list's filters."""
+    flags = tuple((name, bool(value)) for name, value in filters.items() if name in FLAG_FILTERS)
+    parties = tuple(name for name in filters if name in PARTY_FILTERS)
+    return flags, parties, [filters[name] for name in parties]
+
+
+def _filter_conditions(flags: tuple[tuple[str, bool], ...], parties: tuple[str, ...], first_param: int) -> list[str]:
+    conditions = [FLAG_FILTERS[name][0 if value else 1] for name, value in flags]
+    conditions += [PARTY_FILTERS[name].format(n=first_param + offset) for offset, name in enumerate(parties)]
+    return conditions
 
 
 @cache
-def list_statement(cursor: str | None, filters: tuple[str, ...]) -> str:
-    """One page as a keyset scan of conversations_pkey (account_id, id), newest first.
+def list_statement(cursor: str | None, flags: tuple[tuple[str, bool], ...] = (), parties: tuple[str, ...] = ()
+                   ) -> str:
+    """One page as a keyset scan of (account_id, id), newest first: conversations_pkey, or with a flag
+    filter the partial index of its value, or with a party filter that party's unique index.
 
     `cursor` is None (first page), "starting_after" (ids below $3, descending) or
     "ending_before" (ids above $3, ascending: the caller reverses the page). A cursor is a
     position, never looked up, so a deleted conversation's id, or another account's, is just a
     place in this account's order. $1 account, $2 page size + 1 (the extra row answers
-    has_more), then $3 the cursor if any, then one parameter per filter, in the order of
-    `filters`. Each distinct combination is its own statement, prepared once per connection.
+    has_more), then $3 the cursor if any, then one parameter per party filter, in the order of
+    `parties`. Each distinct combination is its own statement, prepared once per connection.
     """
     conditions = ["account_id = $1"]
     if cursor is not None:
         conditions.append("id < $3" if cursor == "starting_after" else "id > $3")
-    first_filter = 3 if cursor is None else 4
-    for offset, name in enumerate(filters):
-        conditions.append(LIST_FILTERS[name].format(n=first_filter + offset))
+    conditions += _filter_conditions(flags, parties, 3 if cursor is None else 4)
     order = "ASC" if cursor == "ending_before" else "DESC"
     return (f"SELECT {_COLUMNS} FROM conversations WHERE {' AND '.join(conditions)} "
             f"ORDER BY id {order} LIMIT $2")
@@ -95,11 +114,12 @@ def list_statement(cursor: str | None, filters: tuple[str, ...]) -> str:
 async def fetch_page(db: Executor, account_id: str, size: int, cursor: str | None, cursor_id: str | None,
                      filters: dict[str, object]) -> tuple[list[Conversation], bool]:
     """Up to `size` conversations in creation order, and whether more exist beyond them."""
-    query = list_statement(cursor, tuple(filters))
+    flags, parties, party_values = _split_filters(filters)
+    query = list_statement(cursor, flags, parties)
     if cursor is None:
-        rows = await db.fetch(query, account_id, size + 1, *filters.values())
+        rows = await db.fetch(query, account_id, size + 1, *party_values)
     else:
-        rows = await db.fetch(query, account_id, size + 1, cursor_id, *filters.values())
+        rows = await db.fetch(query, account_id, size + 1, cursor_id, *party_values)
     has_more = len(rows) > size
     page = [Conversation(*row) for row in rows[:size]]
     if cursor == "ending_before":
@@ -120,7 +140,8 @@ _ACTIVITY_KEY = "(is_pinned, COALESCE(last_active_at, -1), id)"
 
 
 @cache
-def activity_statement(direction: str | None, filters: tuple[str, ...]) -> str:
+def activity_statement(direction: str | None, flags: tuple[tuple[str, bool], ...] = (),
+                       parties: tuple[str, ...] = ()) -> str:
     """One page in activity order as a keyset scan of conversations_activity_idx, highest key first.
 
     As list_statement, with the cursor a position (three parameters, $3 to $5) instead of an id:
@@ -129,9 +150,7 @@ def activity_statement(direction: str | None, filters: tuple[str, ...]) -> str:
     conditions = ["account_id = $1"]
     if direction is not None:
         conditions.append(f"{_ACTIVITY_KEY} {'<' if direction == 'starting_after' else '>'} ($3, $4, $5)")
-    first_filter = 3 if direction is None else 6
-    for offset, name in enumerate(filters):
-        conditions.append(LIST_FILTERS[name].format(n=first_filter + offset))
+    conditions += _filter_conditions(flags, parties, 3 if direction is None else 6)
     order = "ASC" if direction == "ending_before" else "DESC"
     return (f"SELECT {_COLUMNS} FROM conversations WHERE {' AND '.join(conditions)} "
             f"ORDER BY is_pinned {order}, COALESCE(last_active_at, -1) {order}, id {order} LIMIT $2")
@@ -141,12 +160,13 @@ async def fetch_activity_page(db: Executor, account_id: str, size: int, directio
                               position: ActivityPosition | None, filters: dict[str, object]
                               ) -> tuple[list[Conversation], bool]:
     """Up to `size` conversations in activity order from `position`, and whether more exist beyond them."""
-    query = activity_statement(direction, tuple(filters))
+    flags, parties, party_values = _split_filters(filters)
+    query = activity_statement(direction, flags, parties)
     cursor: tuple[object, ...] = ()
     if position is not None:
         active = -1 if position.last_active_at is None else position.last_active_at
         cursor = (position.is_pinned, active, position.id)
-    rows = await db.fetch(query, account_id, size + 1, *cursor, *filters.values())
+    rows = await db.fetch(query, account_id, size + 1, *cursor, *party_values)
     has_more = len(rows) > size
     page = [Conversation(*row) for row in rows[:size]]
     if direction == "ending_before":

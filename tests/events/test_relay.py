@@ -312,3 +312,36 @@ async def test_a_leader_whose_network_dies_silently_is_replaced_within_30_second
               f"{takeover:.1f} s later by a new session (limit {SILENT_TAKEOVER_LIMIT_SECONDS:.0f} s)")
     assert new_leader != leader_pid
     assert takeover < SILENT_TAKEOVER_LIMIT_SECONDS
+
+
+async def test_a_stopping_follower_publishes_its_last_rows_once_the_leader_lets_go(
+        settings: Settings, account: Account, redis_client):
+    """Every process stops at once; the leader cannot publish (its Redis link is cut) and gives up at
+    its flush deadline. The follower must not leave its own committed events to the next start:
+    it waits for the lock, and publishes them."""
+    target = urlsplit(settings.redis_url)
+    proxy = await TcpProxy(target.hostname or "127.0.0.1", target.port or 6379).start()
+    leader_app = create_app(msgspec.structs.replace(
+        settings, redis_url=f"redis://127.0.0.1:{proxy.port}/0", redis_timeout=0.5, shutdown_timeout=2.0))
+    follower_app = create_app(msgspec.structs.replace(settings, shutdown_timeout=10.0))
+    leading, following = Lifespan(leader_app), Lifespan(follower_app)
+    try:
+        await leading.__aenter__()
+        await wait_for(lambda: leader_app.state.relay.stats.is_leader)
+        await following.__aenter__()
+        await proxy.cut()
+        async with client_for(follower_app, account.token) as api:
+            created = await api.post("/v1/conversations", json={"contact_id": "last_words"})
+            assert created.status_code == 201
+        await asyncio.gather(leading.__aexit__(None, None, None), following.__aexit__(None, None, None))
+    finally:
+        await proxy.close()
+    connection = await asyncpg.connect(settings.database_url)
+    try:
+        left = await connection.fetchval("SELECT count(*) FROM conversation_outbox WHERE stream = $1",
+                                         settings.events_stream)
+    finally:
+        await connection.close()
+    assert left == 0
+    published = await entries(redis_client, settings.events_stream)
+    assert created.json()["id"] in {fields["conversation_id"] for _, fields in published}

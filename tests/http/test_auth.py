@@ -7,12 +7,16 @@ import hashlib
 import os
 import re
 import sys
+import time
 import uuid
 from pathlib import Path
 
+import msgspec
 import pytest
 
-from tests.asgi import client_for
+from service.http.app import create_app
+from service.tokens import new_token
+from tests.asgi import Lifespan, client_for
 from tests.conftest import wait_for
 from tests.http_helpers import CONVERSATIONS, assert_error, create_conversation, item, unique
 
@@ -104,6 +108,44 @@ async def test_an_unauthenticated_create_stores_nothing(anonymous, db) -> None:
     response = await anonymous.post(CONVERSATIONS, json={"contact_id": contact})
     assert_error(response, 401)
     assert await db.fetchval("SELECT count(*) FROM conversations WHERE contact_id = $1", contact) == 0
+
+
+async def issue_directly(db, token: str, account_id: str) -> None:
+    """Store `token` as issued, as `tokens create` would, after a client already tried it."""
+    await db.execute("INSERT INTO api_tokens (id, account_id, token_hash, created_at) VALUES ($1, $2, $3, 0)",
+                     f"tok_{uuid.uuid4().hex[:16]}", account_id, hashlib.sha256(token.encode()).digest())
+
+
+async def test_an_unknown_token_is_remembered_as_unknown_for_the_cache_window(settings, db) -> None:
+    """A repeated bad token costs one lookup per window. Safe, since a token that no one has issued
+    yet cannot have been tried: here one is issued behind the service's back to make it visible."""
+    settings = msgspec.structs.replace(settings, token_cache_seconds=1.0)
+    token = new_token()
+    async with Lifespan(app := create_app(settings)), client_for(app, token) as client:
+        assert_error(await client.get(CONVERSATIONS), 401)
+        await issue_directly(db, token, new_account_id())
+        tried = time.monotonic()
+        assert_error(await client.get(CONVERSATIONS), 401)  # still remembered as unknown
+        await wait_for(lambda: _answers(client, 200), timeout=3.0)
+        assert time.monotonic() - tried >= 0.5
+
+
+async def _answers(client, status: int) -> bool:
+    return (await client.get(CONVERSATIONS)).status_code == status
+
+
+async def test_the_unknown_token_cache_forgets_the_oldest_past_its_size(settings, db) -> None:
+    settings = msgspec.structs.replace(settings, token_cache_size=5)
+    tokens = [new_token() for _ in range(6)]
+    async with Lifespan(app := create_app(settings)), client_for(app) as client:
+        for token in tokens:
+            assert_error(await client.get(CONVERSATIONS, headers={"Authorization": f"Bearer {token}"}), 401)
+        for token in (tokens[0], tokens[-1]):
+            await issue_directly(db, token, new_account_id())
+        oldest = await client.get(CONVERSATIONS, headers={"Authorization": f"Bearer {tokens[0]}"})
+        newest = await client.get(CONVERSATIONS, headers={"Authorization": f"Bearer {tokens[-1]}"})
+    assert oldest.status_code == 200  # forgotten: looked up again, and found
+    assert_error(newest, 401)  # still remembered as unknown
 
 
 async def test_health_needs_no_token(anonymous) -> None:

@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote_to_bytes
@@ -33,6 +33,7 @@ import redis.asyncio as aioredis
 from service.settings import Settings
 from tests.conftest import Account, Backends, new_account
 from tests.http_helpers import ANY, CONVERSATIONS, assert_error_body, create_conversation, item, unique
+from tests.raw_http import RawResponse, read_response
 from tests.servers import ServiceProcess
 
 JSON = "application/json"
@@ -503,39 +504,6 @@ async def server(database_url: str, backend_urls: Backends,
         await client.aclose()
 
 
-@dataclass
-class RawResponse:
-    status: int
-    headers: dict[str, str] = field(default_factory=dict)
-    body: bytes = b""
-
-
-def read_response(conn: socket.socket) -> RawResponse:
-    """One HTTP/1.1 response from `conn`: its head, then Content-Length bytes (or up to the close)."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = conn.recv(65536)
-        if not chunk:
-            raise AssertionError(f"the server closed the connection without a response: {data[:200]!r}")
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    status_line, *header_lines = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in header_lines:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    length = int(headers["content-length"]) if "content-length" in headers else None
-    while length is None or len(body) < length:
-        try:
-            chunk = conn.recv(65536)
-        except (ConnectionResetError, TimeoutError):
-            break
-        if not chunk:
-            break
-        body += chunk
-    return RawResponse(int(status_line.split(" ")[1]), headers, body[:length] if length is not None else body)
-
-
 def send_quietly(conn: socket.socket, chunks: Iterable[bytes]) -> None:
     """Send what the server may stop reading at any point (it answered 413 and closed)."""
     try:
@@ -545,7 +513,8 @@ def send_quietly(conn: socket.socket, chunks: Iterable[bytes]) -> None:
         pass
 
 
-def raw_exchange(server: Server, request: bytes, body_chunks: Iterable[bytes] = (), timeout: float = 10) -> RawResponse:
+def raw_exchange(server: Server, request: bytes, body_chunks: Iterable[bytes] = (), timeout: float = 10
+                 ) -> RawResponse:
     with socket.create_connection(("127.0.0.1", server.process.port), timeout=timeout) as conn:
         conn.sendall(request)
         sender = threading.Thread(target=send_quietly, args=(conn, body_chunks), daemon=True)

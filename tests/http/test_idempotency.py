@@ -160,3 +160,27 @@ async def test_the_outcome_is_the_same_over_a_real_server(api, account: Account)
     retry = await api.post("/v1/conversations", json={"contact_id": "h"}, headers={"idempotency-key": "caps"})
     assert retry.headers.get("idempotent-replayed") == "true"
     assert retry.content == response.content
+
+
+@pytest.mark.parametrize("method", ["PUT", "DELETE"])
+async def test_a_keyed_write_that_waits_over_2_s_for_the_conversations_lock_is_a_503_and_stores_nothing(
+        api, account: Account, database_url: str, method: str):
+    created = (await api.post("/v1/conversations", json={"contact_id": "locked"})).json()
+    path = f"/v1/conversations/{created['id']}"
+    body = {"is_muted": True} if method == "PUT" else None
+    blocker = await asyncpg.connect(database_url)
+    try:
+        async with blocker.transaction():  # another writer holds the row for longer than the 2 s wait
+            await blocker.execute("SELECT FROM conversations WHERE account_id = $1 AND id = $2 FOR UPDATE",
+                                  account.id, created["id"])
+            response = await api.request(method, path, json=body, headers=key("lock-wait"))
+        assert response.status_code == 503, response.text
+        assert response.json()["type"] == "api_error"
+        assert response.headers["retry-after"].isdigit()
+        assert await blocker.fetchval("SELECT count(*) FROM idempotency_keys WHERE account_id = $1 "
+                                      "AND key = 'lock-wait'", account.id) == 0
+    finally:
+        await blocker.close()
+    retry = await api.request(method, path, json=body, headers=key("lock-wait"))
+    assert retry.status_code == (200 if method == "PUT" else 204), retry.text
+    assert "idempotent-replayed" not in retry.headers

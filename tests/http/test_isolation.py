@@ -141,8 +141,16 @@ async def test_a_failed_cross_account_write_leaves_the_row_unchanged(api, other_
     assert {row["type"] for row in types} <= {"conversation.created"}
 
 
-async def test_a_conflict_never_names_another_accounts_conversation(api, other_api) -> None:
-    contact = unique()
-    await create_conversation(other_api, contact_id=contact)
-    response = await api.post(CONVERSATIONS, json={"contact_id": contact})
-    assert response.status_code == 201, response.text
+@pytest.mark.parametrize("party", ["contact_id", "group_id"])
+async def test_a_conflict_names_the_accounts_own_conversation_never_another_accounts(
+        api, other_api, party) -> None:
+    """Both accounts hold a conversation with the same party, and each creates it again: each 409
+    names its own. A lookup of the holder that forgot the account would name the same one twice."""
+    party_id = unique(party)
+    theirs_before = await create_conversation(other_api, **{party: party_id})
+    mine = await create_conversation(api, **{party: party_id})
+    for client, own, foreign in ((api, mine, theirs_before), (other_api, theirs_before, mine)):
+        response = await client.post(CONVERSATIONS, json={party: party_id})
+        body = assert_error(response, 409, party)
+        assert body["conversation_id"] == own["id"]
+        assert foreign["id"] not in response.text

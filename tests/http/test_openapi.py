@@ -16,7 +16,9 @@ from service.http.endpoints import MOUNT_PATH, ROUTES
 from service.http.openapi_schemas import digits_at_most
 from service.model import MAX_TIMESTAMP, Conversation, ConversationCreate, ConversationUpdate, ListParams
 
-DOCUMENTED_ELSEWHERE = {"/schema", "/schema/openapi.json"}  # the document does not describe itself
+# The document does not describe itself, nor the docs page that shows it and its assets.
+DOCUMENTED_ELSEWHERE = {"/schema", "/schema/openapi.json", "/schema/docs.js", "/schema/swagger-ui-bundle.js",
+                        "/schema/swagger-ui.css"}
 
 
 @pytest.fixture
@@ -42,10 +44,18 @@ async def test_the_document_is_valid_openapi_3_1(document: dict):
     validate(document)
 
 
-async def test_the_docs_page_is_served_under_schema(anonymous):
+async def test_the_docs_page_is_served_under_schema_with_its_assets_from_this_service(anonymous):
     response = await anonymous.get("/schema")
     assert response.status_code == 200
-    assert "/schema/openapi.json" in response.text
+    assert "//" not in response.text.replace("<!doctype", "")  # no URL of another origin
+    assert "default-src 'self'" in response.headers["content-security-policy"]
+    assets = [("/schema/docs.js", "text/javascript"), ("/schema/swagger-ui-bundle.js", "text/javascript"),
+              ("/schema/swagger-ui.css", "text/css")]
+    for asset, media_type in assets:
+        assert f'"{asset}"' in response.text
+        served = await anonymous.get(asset)
+        assert served.status_code == 200 and served.headers["content-type"].startswith(media_type)
+    assert "/schema/openapi.json" in (await anonymous.get("/schema/docs.js")).text
 
 
 async def test_every_route_and_method_of_the_app_is_documented_and_nothing_else(app, document: dict):
@@ -165,3 +175,22 @@ def test_the_form_timestamp_pattern_accepts_exactly_the_timestamps_the_api_accep
     pattern = re.compile(digits_at_most(MAX_TIMESTAMP))
     assert bool(pattern.match(str(value))) == (value <= MAX_TIMESTAMP)
     assert bool(pattern.match("000" + str(value))) == (value <= MAX_TIMESTAMP)
+
+
+async def test_every_operation_declares_the_front_doors_refusals_and_keyed_writes_declare_429(document: dict):
+    """The server may refuse any request before the app sees it (408, 414, 431: docs/api.md §7.5), and an
+    account's keyed writes past their rate (429); the document says so, with the contract's error body."""
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            if method == "parameters":
+                continue
+            responses = operation["responses"]
+            expected = {"408", "414", "431"}
+            if any(parameter.get("name") == "Idempotency-Key" for parameter in operation.get("parameters", [])):
+                expected.add("429")
+                assert responses["429"]["headers"]["Retry-After"]["required"], (path, method)
+            assert expected <= set(responses), (path, method, sorted(responses))
+            for status in expected:
+                assert responses[status]["content"]["application/json"]["schema"] == {
+                    "$ref": "#/components/schemas/ErrorBody"}, (path, method, status)
+

@@ -97,3 +97,24 @@ async def test_without_if_match_behaviour_is_unchanged(api):
     path = f"/v1/conversations/{conversation_id}"
     await api.put(path, json={"is_pinned": True})
     assert (await api.put(path, json={"is_muted": True})).status_code == 200
+
+
+@pytest.mark.parametrize(("header", "status"), [
+    ('"9223372036854775808"', 412),              # 2**63: one past the largest version PostgreSQL can hold
+    ('"99999999999999999999"', 412),             # 20 digits
+    ('"01"', 412),                               # strong comparison is by characters: "01" is not "1"
+    ('"1", "9223372036854775808"', 200),         # the other tag of the list matches
+    ('"18446744073709551616", "7"', 412),
+])
+async def test_a_version_no_conversation_can_have_is_a_412_never_a_500(api, header: str, status: int):
+    conversation_id, _ = await create(api)
+    for method in ("PATCH", "DELETE"):
+        response = await api.request(method, f"/v1/conversations/{conversation_id}",
+                                     json={"is_muted": True} if method == "PATCH" else None,
+                                     headers={"If-Match": header})
+        if status == 412:
+            assert response.status_code == 412, response.text
+            assert response.json()["param"] == "If-Match"
+        else:
+            assert response.status_code == (200 if method == "PATCH" else 204), response.text
+            return

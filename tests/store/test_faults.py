@@ -13,6 +13,7 @@ import pytest
 
 from service.http.app import create_app
 from service.settings import Settings
+from service.tokens import new_token
 from tests.asgi import Lifespan, client_for
 from tests.conftest import Account, Backends, migrated_database, new_account, wait_for
 from tests.tcp_proxy import TcpProxy, url_through
@@ -64,10 +65,20 @@ async def _status(api, path: str, expected: int) -> bool:
 
 
 async def test_an_unknown_token_during_an_outage_is_503_not_401(settings: Settings, proxy: TcpProxy):
-    async with Lifespan(app := create_app(through(settings, proxy))), client_for(app, "cvk_unknown") as api:
+    async with Lifespan(app := create_app(through(settings, proxy))), client_for(app, new_token()) as api:
         await proxy.cut()
         response = await api.get("/v1/conversations")
         assert response.status_code == 503  # we cannot tell a bad token from a good one right now
+
+
+@pytest.mark.parametrize("token", ["cvk_unknown", "nope", "cvk_" + "0" * 39 + "!", "x" * 44])
+async def test_a_token_that_cannot_be_one_is_401_without_asking_the_database(settings: Settings, proxy: TcpProxy,
+                                                                              token: str):
+    """Not the shape of an issued token: unknown for sure, so no lookup, even with PostgreSQL gone."""
+    async with Lifespan(app := create_app(through(settings, proxy))), client_for(app, token) as api:
+        await proxy.cut()
+        response = await api.get("/v1/conversations")
+        assert response.status_code == 401, response.text
 
 
 @pytest.fixture
