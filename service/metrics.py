@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
@@ -31,10 +32,10 @@ SCRAPE_CHECK_SECONDS = 1.0
 REQUESTS = Counter("conversations_http_requests_total",
                    "HTTP requests served, by method, route template and status.",
                    ["method", "route", "status"])
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 REQUEST_SECONDS = Histogram("conversations_http_request_duration_seconds",
                             "Time from the request's arrival to the end of its response, by method and route.",
-                            ["method", "route"],
-                            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
+                            ["method", "route"], buckets=LATENCY_BUCKETS)
 EVENTS_PUBLISHED = Counter("conversations_events_published_total",
                            "Events the relay put on the stream (and removed from the outbox).")
 UNREAD_DROPPED = Counter("conversations_stream_unread_dropped_total",
@@ -50,18 +51,50 @@ POOL_IN_USE = Gauge("conversations_db_pool_connections_in_use",
 POOL_SIZE = Gauge("conversations_db_pool_connections",
                   "Request-pool connections open, summed over live workers.", multiprocess_mode="livesum")
 
-_request_series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+class _Tally:
+    """One series' requests since the last flush: count, summed seconds, count per latency bucket."""
+
+    __slots__ = ("buckets", "count", "seconds")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.seconds = 0.0
+        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)  # the last one: above every bound (+Inf)
+
+
+# Requests are counted here in plain Python, and handed to prometheus_client (whose every inc and
+# observe takes a lock, and in multi-worker mode writes a shared file) by flush_requests: once a
+# second from the app's sampler, and before this process renders /metrics. Per request that is a
+# dict lookup and a bisect instead of two locked updates (measured: ~4 % of a retrieve's CPU).
+_tallies: dict[tuple[str, str, int], _Tally] = {}
 
 
 def observe_request(method: str, route: str, status: int, seconds: float) -> None:
-    """Count one request and its latency (children cached: labels() is a lock and a lookup)."""
+    """Count one request and its latency (flushed to the Prometheus series by flush_requests)."""
     key = (method, route, status)
-    series = _request_series.get(key)
-    if series is None:
-        series = _request_series[key] = (REQUESTS.labels(method, route, str(status)),
-                                         REQUEST_SECONDS.labels(method, route))
-    series[0].inc()
-    series[1].observe(seconds)
+    tally = _tallies.get(key)
+    if tally is None:
+        tally = _tallies[key] = _Tally()
+    tally.count += 1
+    tally.seconds += seconds
+    tally.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+
+
+def flush_requests() -> None:
+    """Add what observe_request counted since the last flush to the Prometheus series."""
+    for (method, route, status), tally in _tallies.items():
+        if not tally.count:
+            continue
+        REQUESTS.labels(method, route, str(status)).inc(tally.count)
+        histogram = REQUEST_SECONDS.labels(method, route)
+        # A histogram child's own parts, as its observe() updates them (one bucket per value,
+        # the cumulative counts are computed at exposition): here a whole tally at once.
+        histogram._sum.inc(tally.seconds)
+        for index, count in enumerate(tally.buckets):
+            if count:
+                histogram._buckets[index].inc(count)
+        tally.count, tally.seconds = 0, 0.0
+        tally.buckets = [0] * len(tally.buckets)
 
 
 def is_multiprocess() -> bool:
@@ -70,7 +103,8 @@ def is_multiprocess() -> bool:
 
 
 def forget_this_process() -> None:
-    """On a worker's shutdown: its live gauges stop counting."""
+    """On a worker's shutdown: its last requests counted, its live gauges stop counting."""
+    flush_requests()
     if is_multiprocess():
         mark_process_dead(os.getpid())
 
@@ -144,6 +178,7 @@ async def scrape_families(db_backlog: tuple[int, int | None] | None, db_keys: tu
 
 def render(families: Iterable[Metric]) -> bytes:
     """The whole exposition: every worker's series, then the scrape-time gauges."""
+    flush_requests()  # this worker's latest; the others flush theirs every second
     if is_multiprocess():
         registry = CollectorRegistry()
         MultiProcessCollector(registry)

@@ -44,11 +44,12 @@ EVENT_LOG_MAINTENANCE_SECONDS = 3600.0
 
 
 async def _sample_pool(pool: ConnectionPool) -> None:
-    """Publish this worker's pool usage once a second (the gauge sums live workers)."""
+    """Once a second: this worker's pool usage (the gauge sums live workers), and its request counts."""
     while True:
         size = pool.open_count()
         metrics.POOL_SIZE.set(size)
         metrics.POOL_IN_USE.set(size - pool.idle_count())
+        metrics.flush_requests()
         await asyncio.sleep(POOL_SAMPLE_SECONDS)
 
 

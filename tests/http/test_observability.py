@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import re
+import uuid
 from pathlib import Path
 
 import httpx
@@ -13,7 +14,7 @@ import pytest
 
 from service.logs import JsonFormatter
 from service.settings import Settings
-from tests.conftest import Account
+from tests.conftest import Account, wait_for
 from tests.servers import ServiceProcess
 
 
@@ -144,12 +145,40 @@ async def test_metrics_add_up_every_worker_of_serve(settings: Settings, account:
                 response = await client.get("/v1/conversations",
                                             headers={"Authorization": f"Bearer {account.token}"})
                 assert response.status_code == 200
-        totals = set()
-        for _ in range(6):
+
+        async def scraped_total() -> float:
             async with httpx.AsyncClient(base_url=service.base_url) as client:
                 text = (await client.get("/metrics")).text
-            totals.add(metric_value(text, "conversations_http_requests_total", method="GET",
-                                    route="/v1/conversations", status="200"))
+            return metric_value(text, "conversations_http_requests_total", method="GET",
+                                route="/v1/conversations", status="200")
+
+        # Each worker hands its request counts to the shared series once a second (and the one
+        # answering a scrape, at once), so within about a second every scrape sees them all.
+        await wait_for(lambda: _equals(scraped_total(), float(requests)), timeout=3)
+        totals = {await scraped_total() for _ in range(6)}
         assert totals == {float(requests)}  # the same sum, whichever worker answered the scrape
     finally:
         assert service.stop() == 0
+
+
+async def _equals(value, expected: float) -> bool:
+    return (await value) == expected
+
+
+def test_request_latencies_land_in_the_buckets_prometheus_would_put_them_in_once_flushed():
+    from prometheus_client import generate_latest
+    from prometheus_client.registry import REGISTRY
+
+    from service import metrics
+
+    route = f"/test/{uuid.uuid4().hex}"
+    for seconds in (0.001, 0.0011, 0.3, 10.0):  # on a bound, just above one, mid-range, past the last
+        metrics.observe_request("GET", route, 200, seconds)
+    metrics.flush_requests()
+    text = generate_latest(REGISTRY).decode()
+    assert metric_value(text, "conversations_http_requests_total", method="GET", route=route, status="200") == 4
+    buckets = {le: metric_value(text, "conversations_http_request_duration_seconds_bucket", method="GET",
+                                route=route, le=le) for le in ("0.001", "0.0025", "0.25", "0.5", "5.0", "+Inf")}
+    assert buckets == {"0.001": 1, "0.0025": 2, "0.25": 2, "0.5": 3, "5.0": 3, "+Inf": 4}
+    assert metric_value(text, "conversations_http_request_duration_seconds_sum", method="GET",
+                        route=route) == pytest.approx(10.3021)
