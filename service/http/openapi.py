@@ -122,8 +122,15 @@ _CONVERSATION_ID_PARAMETER = {
 }
 
 
+def _query_parameters(query_schema: dict[str, Any], descriptions: dict[str, str]) -> list[dict[str, Any]]:
+    """A query Struct's schema as the operation's parameters, each with its description."""
+    return [{"name": name, "in": "query", "required": False, "description": descriptions[name],
+             "schema": {key: value for key, value in schema.items() if key != "examples"}}
+            for name, schema in query_schema["properties"].items()]
+
+
 def _list_parameters(list_schema: dict[str, Any]) -> list[dict[str, Any]]:
-    descriptions = {
+    return _query_parameters(list_schema, {
         "limit": "Page size, 1 to 100 (default 10).",
         "muted": "true: only muted conversations; false: only not muted ones.",
         "pinned": "true: only pinned conversations; false: only not pinned ones.",
@@ -138,12 +145,7 @@ def _list_parameters(list_schema: dict[str, Any]) -> list[dict[str, Any]]:
         "order": ("`created` (the default): newest first, by id. `activity`: pinned first, then by "
                   "last_active_at, most recent first (never active after every active one, newest first), "
                   "ties by id; its pages carry next_cursor and previous_cursor."),
-    }
-    parameters = []
-    for name, schema in list_schema["properties"].items():
-        parameters.append({"name": name, "in": "query", "required": False, "description": descriptions[name],
-                           "schema": {key: value for key, value in schema.items() if key != "examples"}})
-    return parameters
+    })
 
 
 _EVENT_ID_PARAMETER = {
@@ -154,17 +156,14 @@ _EVENT_ID_PARAMETER = {
 
 
 def _event_parameters(list_schema: dict[str, Any]) -> list[dict[str, Any]]:
-    descriptions = {
+    return _query_parameters(list_schema, {
         "limit": "Page size, 1 to 100 (default 10).",
         "type": "Only events of this type.",
         "conversation_id": "Only the events of this conversation.",
         "starting_after": "An event id of this feed: the page of events before it (older).",
         "ending_before": "An event id of this feed: the page of events after it (newer), the closest first in "
                          "time, listed newest first.",
-    }
-    return [{"name": name, "in": "query", "required": False, "description": descriptions[name],
-             "schema": {key: value for key, value in schema.items() if key != "examples"}}
-            for name, schema in list_schema["properties"].items()]
+    })
 
 
 def build_document() -> dict[str, Any]:
