@@ -140,31 +140,9 @@ $$;
 -- deletes no rows one by one. The default partition only catches a week that has none yet.
 CREATE SEQUENCE IF NOT EXISTS event_log_batch_seq;
 CREATE TABLE IF NOT EXISTS event_log (
-    batch                bigint NOT NULL,
-    stream               text COLLATE "C" NOT NULL,
-    position             bigint NOT NULL,
-    event_id             text COLLATE "C" NOT NULL,
-    type                 text NOT NULL,
-    account_id           text COLLATE "C" NOT NULL,
-    conversation_id      text NOT NULL,
-    occurred_at          bigint NOT NULL,
-    sequence             bigint NOT NULL,
-    schema_version       integer NOT NULL,
-    contact_id           text,
-    group_id             text,
-    pinned_message_id    text,
-    is_pinned            boolean,
-    is_muted             boolean,
-    last_active_at       bigint,
-    last_opened_at       bigint,
-    created_at           bigint,
-    archived_at          bigint,
-    previous_pinned_message_id  text,
-    previous_is_pinned          boolean,
-    previous_is_muted           boolean,
-    previous_last_active_at     bigint,
-    previous_last_opened_at     bigint,
-    previous_archived_at        bigint
+    batch  bigint NOT NULL,
+    -- The outbox's columns, as they are (without its identity and primary key).
+    LIKE conversation_outbox
 ) PARTITION BY RANGE (occurred_at);
 CREATE TABLE IF NOT EXISTS event_log_default PARTITION OF event_log DEFAULT;
 -- The feed's order within an account, and an event by its id.
