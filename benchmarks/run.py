@@ -328,7 +328,7 @@ async def prepare(checkout: Path, url: str, sizes: dict[str, int]) -> tuple[dict
 async def main(args: argparse.Namespace) -> Report:
     stamp = f"{int(time.time())}_{os.getpid()}"
     admin = args.database
-    checkouts = {"this": ROOT} | ({"compared": args.compare.resolve()} if args.compare else {})
+    checkouts = {"this": args.checkout.resolve()} | ({"compared": args.compare.resolve()} if args.compare else {})
     urls = {name: admin.rsplit("/", 1)[0] + f"/bench_{stamp}_{name}" for name in checkouts}
     streams = {name: f"bench:{stamp}:{name}:events" for name in checkouts}
     report = Report(settings={"workers": args.workers, "connections": args.connections, "duration": args.duration,
@@ -404,6 +404,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--latency-probe", type=int, default=500, help="creates timed to the stream (0: skip)")
     parser.add_argument("--scale", type=int, default=0, help="also compare cursor pages at 1,000 vs this many")
     parser.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
+    parser.add_argument("--checkout", type=Path, default=ROOT,
+                        help="the checkout to measure (default: this one); --compare's runs beside it")
     parser.add_argument("--compare", type=Path, default=None,
                         help="another checkout of the project, run side by side (scenarios interleaved)")
     return parser.parse_args()
