@@ -1,6 +1,6 @@
 """A PostgreSQL cluster of a test's own: initdb in a temporary directory, a free port, stop and start.
 
-Tests that take PostgreSQL away (tests/test_postgres_outage.py) cannot stop the shared server,
+Tests that take PostgreSQL away (tests/store/test_postgres_outage.py) cannot stop the shared server,
 so they make their own. initdb and pg_ctl refuse to run as root; as root, every command runs
 as the `postgres` OS user (`runuser -u postgres --`) in a directory that user owns. Trust
 authentication, listening on 127.0.0.1 only, its Unix socket in that directory (never the

@@ -1,6 +1,6 @@
 """docs/api.md §5 and §6 with PostgreSQL itself stopped and started again, under a real `serve` process.
 
-tests/test_faults.py cuts a TCP proxy in front of the shared server; here the server goes away for
+tests/store/test_faults.py cuts a TCP proxy in front of the shared server; here the server goes away for
 real: a private PostgreSQL 15 cluster (tests/private_postgres.py) is stopped with
 `pg_ctl stop -m immediate` (every backend killed, crash recovery on the next start) while a
 `python -m service serve` process with the default timeouts keeps serving. Meanwhile every
