@@ -2,6 +2,7 @@
 
     ApiError                      status, message, param, headers
     ├── InvalidRequest            400  a bad attribute, body or query
+    │   └── BodyNotReceived       400  the connection ended (or the body timed out) before the whole body came
     ├── Unauthenticated           401  missing, unknown or revoked token (WWW-Authenticate: Bearer)
     ├── ConversationNotFound      404  no such conversation in the caller's account
     ├── EventNotFound             404  no such event in the caller's feed
@@ -77,6 +78,13 @@ class ApiError(Exception):
 
 class InvalidRequest(ApiError):
     status_code = 400
+
+
+class BodyNotReceived(InvalidRequest):
+    """Nobody reads this answer (the connection is gone): raising it ends the call before any work."""
+
+    def __init__(self) -> None:
+        super().__init__("the connection closed before the whole request body arrived")
 
 
 class Unauthenticated(ApiError):

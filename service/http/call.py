@@ -14,6 +14,7 @@ from typing import TypeVar
 from litestar.types import Receive, Scope
 
 from service.conversations import Conversations
+from service.errors import BodyNotReceived
 from service.feed import Feed
 from service.http import idempotency
 from service.http.decoding import decode_body, decode_query
@@ -112,6 +113,10 @@ class Call:
             body += message.get("body", b"")
             if len(body) > MAX_BODY_BYTES:
                 raise body_too_large()
+        # A disconnect (the client's, or the body timeout's) ends the body early: what came may
+        # still decode (a form cut mid-value), so it must never reach the write.
+        if message["type"] != "http.request":
+            raise BodyNotReceived()
         if len(body) > MAX_BODY_BYTES:
             raise body_too_large()
         return body

@@ -170,7 +170,7 @@ class ContractHttpToolsProtocol(HttpToolsProtocol):
                 else:
                     self.transport.close()
         elif cycle is not None and cycle.more_body and waited > self.limits.body_timeout:
-            self.transport.close()  # the app reads a disconnect and its answer goes nowhere
+            self.transport.close()  # the app reads a disconnect: the call ends before any work (call.py)
 
     def _refuse(self, error: ApiError) -> None:
         metrics.HTTP_REFUSED.labels(str(error.status_code)).inc()

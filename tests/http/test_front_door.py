@@ -218,6 +218,39 @@ def test_a_body_that_does_not_arrive_is_cut_at_the_body_timeout(front: Front):
     front.assert_serving()
 
 
+def _conversations_with_contact(front: Front, contact_id: str) -> list[object]:
+    with httpx.Client(base_url=front.process.base_url, timeout=5,
+                      headers={"Authorization": f"Bearer {front.account.token}"}) as client:
+        response = client.get(CONVERSATIONS, params={"contact_id": contact_id})
+        assert response.status_code == 200
+        return response.json()["data"]
+
+
+def _form_head_and_part(front: Front) -> tuple[bytes, str]:
+    """A create whose form body declares 60 bytes and sends only a well-formed prefix of them."""
+    contact_id = "cut" + uuid.uuid4().hex[:12]
+    head = front.head("POST", CONVERSATIONS, "Content-Type: application/x-www-form-urlencoded", "Content-Length: 60")
+    return head + f"contact_id={contact_id}".encode(), contact_id
+
+
+def test_a_body_cut_off_by_the_body_timeout_changes_nothing(front: Front):
+    request, partial_contact = _form_head_and_part(front)
+    with front.connect() as conn:
+        conn.sendall(request)
+        assert closed_by_peer(conn, BODY_TIMEOUT + CUT_WITHIN)
+    assert _conversations_with_contact(front, partial_contact) == []
+
+
+def test_a_body_cut_off_by_the_client_disconnecting_changes_nothing(front: Front):
+    request, partial_contact = _form_head_and_part(front)
+    with front.connect() as conn:
+        conn.sendall(request)
+        time.sleep(0.2)  # the head has been read and the app waits for the rest of the body
+    time.sleep(0.5)
+    assert _conversations_with_contact(front, partial_contact) == []
+    front.assert_serving()
+
+
 def test_an_idle_keep_alive_connection_is_closed_after_the_keep_alive_timeout(front: Front):
     response, conn = front.exchange(front.head("GET", CONVERSATIONS))
     with conn:
