@@ -36,10 +36,10 @@ async def open_session(settings: Settings, on_notify: Callable[..., None]) -> as
         settings.relay_url,
         timeout=settings.db_connect_timeout,
         command_timeout=settings.db_statement_timeout,
-        # The relay's only writes are DELETEs of published rows. Should one be lost in a crash,
-        # those rows are published again (duplicates, which consumers skip), so its commits
-        # need not wait for the WAL flush.
-        server_settings={"application_name": "conversations-relay", "synchronous_commit": "off",
+        # Its moves commit durably (the server's default, stated here so no configuration turns it
+        # off): a moved row is a feed position a client may have read, and a move lost in a crash
+        # would move its rows again in a later batch, behind that client's cursor.
+        server_settings={"application_name": "conversations-relay", "synchronous_commit": "on",
                          **KEEPALIVE_SETTINGS},
     )
     await connection.add_listener(outbox.CHANNEL, on_notify)

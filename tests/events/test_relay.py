@@ -18,6 +18,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from service.conversations import Conversations
+from service.events.leadership import close_session, open_session
 from service.http.app import create_app
 from service.model import ConversationCreate
 from service.settings import Settings
@@ -345,3 +346,14 @@ async def test_a_stopping_follower_publishes_its_last_rows_once_the_leader_lets_
     assert left == 0
     published = await entries(redis_client, settings.events_stream)
     assert created.json()["id"] in {fields["conversation_id"] for _, fields in published}
+
+
+async def test_the_relay_session_commits_its_moves_durably(database_url: str, backend_urls: Backends):
+    """A move into the feed's log is a position a client may already have read: were its commit
+    lost in a crash, the rows would move again in a later batch, behind that client's cursor."""
+    settings = Settings(database_url=database_url, redis_url=backend_urls.redis_url)
+    session = await open_session(settings, lambda *_: None)
+    try:
+        assert await session.fetchval("SHOW synchronous_commit") == "on"
+    finally:
+        await close_session(session, graceful=True)
