@@ -145,9 +145,14 @@ CREATE TABLE IF NOT EXISTS event_log (
     LIKE conversation_outbox
 ) PARTITION BY RANGE (occurred_at);
 CREATE TABLE IF NOT EXISTS event_log_default PARTITION OF event_log DEFAULT;
--- The feed's order within an account, and an event by its id.
+-- The feed's order within an account, the same order within one type or one conversation (so a
+-- filtered page reads only what it shows, whatever the filter), and an event by its id.
 CREATE INDEX IF NOT EXISTS event_log_feed_idx ON event_log (account_id, batch, position);
+CREATE INDEX IF NOT EXISTS event_log_type_idx ON event_log (account_id, type, batch, position);
+CREATE INDEX IF NOT EXISTS event_log_conversation_idx ON event_log (account_id, conversation_id, batch, position);
 CREATE INDEX IF NOT EXISTS event_log_event_idx ON event_log (account_id, event_id);
+-- Maintenance's look into the default partition by time (event_log.maintain).
+CREATE INDEX IF NOT EXISTS event_log_default_occurred_idx ON event_log_default (occurred_at);
 
 -- A queue table: rows live for milliseconds, so let autovacuum clean it up early and often.
 ALTER TABLE conversation_outbox SET (

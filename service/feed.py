@@ -34,8 +34,11 @@ class Feed:
     def _happened_at(self, event_id: str) -> int:
         return decode_millis(event_id.removeprefix(EVENT_ID_PREFIX)) // 1000
 
+    def _window_start(self) -> int:
+        return int(time.time()) - self.window_days * DAY_SECONDS
+
     def _is_past_window(self, seconds: int) -> bool:
-        return seconds < time.time() - self.window_days * DAY_SECONDS
+        return seconds < self._window_start()
 
     async def list(self, db: Executor, account_id: str, params: EventListParams) -> EventPage:
         if params.starting_after is not UNSET and params.ending_before is not UNSET:
@@ -48,9 +51,11 @@ class Feed:
         elif params.ending_before is not UNSET:
             direction = "ending_before"
             position = await self._position_of(db, account_id, params.ending_before, direction)
-        filters = {name: getattr(params, name) for name in event_log.FEED_FILTERS
-                   if getattr(params, name) is not UNSET}
-        data, has_more = await event_log.fetch_feed(db, account_id, params.limit, direction, position, filters)
+        filters = event_log.FeedFilters(type=None if params.type is UNSET else params.type,
+                                        conversation_id=None if params.conversation_id is UNSET
+                                        else params.conversation_id)
+        data, has_more = await event_log.fetch_feed(db, account_id, params.limit, direction, position, filters,
+                                                    self._window_start())
         return EventPage(has_more=has_more, data=data)
 
     async def _position_of(self, db: Executor, account_id: str, event_id: str, param: str) -> FeedPosition:

@@ -54,9 +54,12 @@ async def _sample_pool(pool: ConnectionPool) -> None:
 
 
 async def _maintain_event_log(db: Database, window_days: int) -> None:
-    """The feed's partitions, every EVENT_LOG_MAINTENANCE_SECONDS (migrate made today's)."""
+    """The feed's partitions, at start and every EVENT_LOG_MAINTENANCE_SECONDS.
+
+    At start too: `serve --no-migrate`, or processes that restart more often than the interval,
+    would otherwise never make a new week's partition (its events would go to the default one).
+    """
     while True:
-        await asyncio.sleep(EVENT_LOG_MAINTENANCE_SECONDS)
         try:
             connection = await db.acquire()
             try:
@@ -65,6 +68,7 @@ async def _maintain_event_log(db: Database, window_days: int) -> None:
                 db.release(connection)
         except Exception:  # PostgreSQL unreachable, say: try again next time
             logger.warning("could not maintain the event log's partitions; retrying later", exc_info=True)
+        await asyncio.sleep(EVENT_LOG_MAINTENANCE_SECONDS)
 
 
 def _lifespan(settings: Settings, run_relay: bool) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:

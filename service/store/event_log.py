@@ -10,11 +10,12 @@ whatever commits meanwhile. One leader moves a stream's rows, batch after batch,
 conversation's rows in commit order, so the feed keeps each conversation's events in sequence
 order.
 
-The log is partitioned by week of `occurred_at`; `maintain` (run by migrate, then hourly by each
-process) creates the coming weeks' partitions and drops those past the window, so expiry costs
-no per-row deletes. Lookups: the feed's order
-is `event_log_feed_idx` (account_id, batch, position); an event by id is
-`event_log_event_idx` (account_id, event_id), pruned to the partition of the id's week.
+The log is partitioned by week of `occurred_at`; `maintain` (run by migrate, then by each process
+at start and hourly) creates the coming weeks' partitions and drops those past the window, so
+expiry costs no per-row deletes. Lookups: the feed's order is `event_log_feed_idx` (account_id,
+batch, position), filtered by type `event_log_type_idx` and by conversation
+`event_log_conversation_idx` (the same order after the filter's column); an event by id is
+`event_log_event_idx` (account_id, event_id), pruned to the partitions around the id's time.
 """
 
 from __future__ import annotations
@@ -66,36 +67,49 @@ class FeedPosition(NamedTuple):
     position: int
 
 
-# Filter attribute -> the condition it adds; its value is the next parameter.
-FEED_FILTERS = {"type": "type = ${n}", "conversation_id": "conversation_id = ${n}"}
+class FeedFilters(NamedTuple):
+    """The feed's optional filters (None: not filtering); each has an index (schema.sql)."""
+
+    type: str | None = None
+    conversation_id: str | None = None
+
+
+# Filter -> the condition it adds; its value is the next parameter.
+_FEED_CONDITIONS = {"type": "type = ${n}", "conversation_id": "conversation_id = ${n}"}
 
 
 @cache
 def feed_statement(direction: str | None, filters: tuple[str, ...]) -> str:
-    """One page of an account's feed, newest first, as a keyset scan of event_log_feed_idx.
+    """One page of an account's feed, newest first, as a keyset scan of event_log_feed_idx (or,
+    filtered, of event_log_type_idx / event_log_conversation_idx).
 
     `direction` None (the newest page), "starting_after" (older than $3, $4, descending) or
     "ending_before" (newer than $3, $4, ascending: the caller reverses). $1 account, $2 page
-    size + 1, then the position if any, then one parameter per filter.
+    size + 1, then the position if any, then one parameter per filter, then the window's start:
+    a week's partition is dropped only once all of it is past the window, and until then its
+    older events must not show (their ids are no cursors any more).
     """
     conditions = ["account_id = $1"]
     if direction is not None:
         conditions.append(f"(batch, position) {'<' if direction == 'starting_after' else '>'} ($3, $4)")
     first_filter = 3 if direction is None else 5
     for offset, name in enumerate(filters):
-        conditions.append(FEED_FILTERS[name].format(n=first_filter + offset))
+        conditions.append(_FEED_CONDITIONS[name].format(n=first_filter + offset))
+    conditions.append(f"occurred_at >= ${first_filter + len(filters)}")
     order = "ASC" if direction == "ending_before" else "DESC"
     return (f"SELECT {_COLUMNS} FROM event_log WHERE {' AND '.join(conditions)} "
             f"ORDER BY batch {order}, position {order} LIMIT $2")
 
 
 async def fetch_feed(db: Executor, account_id: str, size: int, direction: str | None,
-                     position: FeedPosition | None, filters: dict[str, object]
+                     position: FeedPosition | None, filters: FeedFilters, since_seconds: int
                      ) -> tuple[list[ConversationEvent], bool]:
-    """Up to `size` events, newest first, from `position`; and whether more exist beyond them."""
-    query = feed_statement(direction, tuple(filters))
+    """Up to `size` events at or after `since_seconds`, newest first, from `position`; and whether
+    more exist beyond them."""
+    given = {name: value for name, value in filters._asdict().items() if value is not None}
+    query = feed_statement(direction, tuple(given))
     cursor: tuple[object, ...] = () if position is None else (position.batch, position.position)
-    rows = await db.fetch(query, account_id, size + 1, *cursor, *filters.values())
+    rows = await db.fetch(query, account_id, size + 1, *cursor, *given.values(), since_seconds)
     has_more = len(rows) > size
     page = [outbox.event_of(row, 0) for row in rows[:size]]
     if direction == "ending_before":
@@ -111,8 +125,8 @@ async def fetch_event(db: Executor, account_id: str, event_id: str, around_secon
                       ) -> tuple[FeedPosition, ConversationEvent] | None:
     """The account's event `event_id` and its feed position, if the feed shows it.
 
-    `around_seconds` is when the event happened, as its id says; only that day's partitions
-    are searched.
+    `around_seconds` is when the event happened, as its id says; only the partitions within
+    CLOCK_SLACK_SECONDS of it are searched.
     """
     row = await db.fetchrow(SELECT_EVENT, account_id, event_id, around_seconds - CLOCK_SLACK_SECONDS,
                             around_seconds + CLOCK_SLACK_SECONDS)

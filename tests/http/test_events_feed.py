@@ -150,6 +150,18 @@ async def test_events_leave_the_feed_when_their_week_leaves_the_window(api, sett
     await event_log.maintain(db, settings.events_feed_days)  # today's partitions back, for the tests that follow
 
 
+async def test_an_event_older_than_the_window_is_not_listed_even_before_its_week_is_dropped(
+        api, settings: Settings, redis_client, db):
+    await create_conversation(api)
+    await create_conversation(api)
+    newer, older = await settled_feed(api, redis_client, settings.events_stream, 2)
+    await db.execute("UPDATE event_log SET occurred_at = occurred_at - $1 WHERE event_id = $2",
+                     (settings.events_feed_days + 1) * 86_400, older["id"])
+    assert [event["id"] for event in (await feed(api))["data"]] == [newer["id"]]
+    after_newer = await feed(api, starting_after=newer["id"])
+    assert after_newer == {"has_more": False, "data": []}
+
+
 # ---------------------------------------------------------------------------------- delta sync
 
 
