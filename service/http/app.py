@@ -31,7 +31,7 @@ from service.http.limits import MAX_BODY_BYTES
 from service.http.mount import V1_HANDLERS
 from service.http.observability import RequestObserver
 from service.http.openapi import SCHEMA_HANDLERS
-from service.http.status import STATUS_HANDLERS, StoreProbe
+from service.http.status import PROBE_REDIS_CONNECTIONS, STATUS_HANDLERS, StatusProbes
 from service.settings import Settings
 from service.store import event_log
 from service.store.database import Database, create_pool
@@ -75,17 +75,19 @@ def _lifespan(settings: Settings, run_relay: bool) -> Callable[[Litestar], Abstr
     @asynccontextmanager
     async def resources(app: Litestar) -> AsyncIterator[None]:
         pool = await create_pool(settings)
-        redis = create_redis(settings)
+        # The relay's Redis client is its own: unauthenticated probes waiting on a slow Redis must
+        # not be able to take the connections it publishes with (status.py).
+        relay_redis = create_redis(settings)
+        probes_redis = create_redis(settings, max_connections=PROBE_REDIS_CONNECTIONS)
         db = Database(pool, settings.db_acquire_timeout)
-        relay = Relay(settings, redis)
+        relay = Relay(settings, relay_redis)
         app.state.settings = settings
         app.state.db = db
-        app.state.redis = redis
         app.state.relay = relay
         app.state.authenticator = TokenAuthenticator(db, settings.token_cache_seconds, settings.token_cache_size)
         app.state.services = Services(db, Conversations(settings.events_stream), Feed(settings.events_feed_days),
                                       idempotency.KeyedWriteBudget(settings.idempotency_keys_per_second))
-        app.state.store_probe = StoreProbe(db, settings.events_stream)
+        app.state.status_probes = StatusProbes.create(db, settings.events_stream, probes_redis)
         if run_relay:
             relay.start()
         background = [asyncio.create_task(_sample_pool(pool), name="pool-sampler"),
@@ -98,7 +100,8 @@ def _lifespan(settings: Settings, run_relay: bool) -> Callable[[Litestar], Abstr
             for task in background:
                 task.cancel()
             await relay.stop(flush_seconds=settings.shutdown_timeout * 0.4)
-            await redis.aclose()
+            await relay_redis.aclose()
+            await probes_redis.aclose()
             await pool.close()
             metrics.forget_this_process()
 

@@ -6,10 +6,13 @@ take every replica out because the database blinked). /ready is 200 when Postgre
 detected and why events wait in the outbox (EVENTS_REQUIRE_DURABLE), none of which fail it,
 since the API keeps working without Redis.
 
-Neither needs a token, so what they cost PostgreSQL is bounded whatever the request rate and the
-backlog: the backlog is counted up to BACKLOG_COUNT_LIMIT rows by index (a Redis outage can leave
-millions, exactly when replicas must stay ready to drain them), and concurrent /ready and /metrics
-calls of a process share one check, so a flood of them holds one pooled connection at most.
+Neither needs a token, so what they cost is bounded whatever the request rate and the backlog:
+the backlog is counted up to BACKLOG_COUNT_LIMIT rows by index (a Redis outage can leave
+millions, exactly when replicas must stay ready to drain them); concurrent calls of a process
+share one PostgreSQL check and one Redis ping (`SharedCheck`), so a flood of them holds one
+pooled connection at most; and they reach Redis through a client of their own with at most
+PROBE_REDIS_CONNECTIONS connections, never the relay's, so a flood that waits on a slow Redis
+cannot take the connections the relay publishes with.
 """
 
 from __future__ import annotations
@@ -17,9 +20,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
 
 import asyncpg
 import msgspec
+import redis.asyncio as aioredis
 from litestar import Request, get
 from litestar.response.base import ASGIResponse
 
@@ -33,6 +39,9 @@ from service.store.database import Database
 
 READY_CHECK_SECONDS = 1.0
 BACKLOG_COUNT_LIMIT = 10_000
+PROBE_REDIS_CONNECTIONS = 2  # the shared ping, and a /metrics scrape's stream figures
+
+T = TypeVar("T")
 
 
 class Health(msgspec.Struct):
@@ -89,44 +98,54 @@ async def _check_postgres(db: Database, stream: str) -> StoreFigures | None:
         return None
 
 
-class StoreProbe:
-    """One process's check of PostgreSQL and the outbox backlog, shared by concurrent callers.
+class SharedCheck(Generic[T]):
+    """One run of `check` at a time, its answer shared by every caller that arrives while it runs.
 
     The first caller starts the check as a task, so that a caller that gives up does not cancel
-    it for the others; every caller that arrives while it runs gets its answer. An answer is
-    never reused after that: /ready must tell the state of now.
+    it for the others. An answer is never reused after that: /ready must tell the state of now.
     """
 
-    def __init__(self, db: Database, stream: str) -> None:
-        self._db = db
-        self._stream = stream
-        self._running: asyncio.Task[StoreFigures | None] | None = None
+    def __init__(self, check: Callable[[], Awaitable[T]]) -> None:
+        self._check = check
+        self._running: asyncio.Task[T] | None = None
 
-    async def figures(self) -> StoreFigures | None:
-        """What PostgreSQL says now, or None if it cannot be reached in time."""
+    async def __call__(self) -> T:
         if self._running is None:
-            self._running = asyncio.create_task(self._check(), name="ready-check")
+            self._running = asyncio.create_task(self._run(), name="status-check")
         return await asyncio.shield(self._running)
 
-    async def _check(self) -> StoreFigures | None:
+    async def _run(self) -> T:
         try:
-            return await _check_postgres(self._db, self._stream)
+            return await self._check()
         finally:
             self._running = None
 
 
-async def _check_redis(request: Request) -> bool:
+async def _ping(redis: aioredis.Redis) -> bool:
     try:
         async with asyncio.timeout(READY_CHECK_SECONDS):
-            return bool(await request.app.state.redis.ping())
+            return bool(await redis.ping())
     except Exception:  # any failure at all means "unreachable", which is the answer
         return False
+
+
+class StatusProbes(msgspec.Struct, frozen=True):
+    """A process's shared checks for /ready and /metrics, and the Redis client they use."""
+
+    store: SharedCheck[StoreFigures | None]
+    redis_ping: SharedCheck[bool]
+    redis: aioredis.Redis
+
+    @classmethod
+    def create(cls, db: Database, stream: str, redis: aioredis.Redis) -> StatusProbes:
+        return cls(SharedCheck(lambda: _check_postgres(db, stream)), SharedCheck(lambda: _ping(redis)), redis)
 
 
 @get("/ready")
 async def ready(request: Request) -> ASGIResponse:
     state = request.app.state
-    figures, redis_ok = await asyncio.gather(state.store_probe.figures(), _check_redis(request))
+    probes: StatusProbes = state.status_probes
+    figures, redis_ok = await asyncio.gather(probes.store(), probes.redis_ping())
     relay: Relay = state.relay
     oldest_age = None
     if figures is not None and figures.oldest_occurred_at is not None:
@@ -150,13 +169,14 @@ async def ready(request: Request) -> ASGIResponse:
 @get("/metrics", media_type=metrics.CONTENT_TYPE)
 async def metrics_endpoint(request: Request) -> ASGIResponse:
     state = request.app.state
-    figures = await state.store_probe.figures()
+    probes: StatusProbes = state.status_probes
+    figures = await probes.store()
     relay: Relay = state.relay
     durability = [(mode.value, mode is relay.stats.durability) for mode in Durability]
     families = await metrics.scrape_families(
         None if figures is None else (figures.backlog, figures.oldest_occurred_at),
         None if figures is None else (figures.keys_stored, figures.oldest_key_age),
-        state.redis, state.settings.events_stream, durability, held=relay.hold_reason() is not None)
+        probes.redis, state.settings.events_stream, durability, held=relay.hold_reason() is not None)
     return ASGIResponse(body=metrics.render(families), media_type=metrics.CONTENT_TYPE)
 
 

@@ -11,12 +11,16 @@ import time
 from collections.abc import AsyncIterator
 
 import asyncpg
+import msgspec
 import pytest
+import redis.asyncio as aioredis
 
 from service.http.app import create_app
 from service.http.status import BACKLOG_COUNT_LIMIT
 from service.settings import Settings
 from tests.asgi import Lifespan, client_for
+from tests.conftest import new_account, wait_for
+from tests.servers import RedisServer
 
 pytestmark = pytest.mark.slow
 
@@ -91,3 +95,31 @@ async def test_a_small_backlog_is_counted_exactly(settings: Settings, db: asyncp
             await db.execute("DELETE FROM conversation_outbox WHERE stream = $1", settings.events_stream)
     assert (body["outbox_backlog"], body["outbox_backlog_capped"]) == (7, False)
     assert 29 <= body["outbox_oldest_age_seconds"] <= 60
+
+
+REDIS_PAUSE_MS = 1000
+
+
+async def test_a_flood_of_ready_and_metrics_calls_never_takes_the_relays_redis_connections(
+        settings: Settings, tmp_path, caplog: pytest.LogCaptureFixture):
+    """While Redis is slow to answer (paused here), 300 unauthenticated probes wait on it at once; the
+    relay publishing an event meanwhile must still get a connection, not an outage."""
+    server = RedisServer(tmp_path, appendonly=False).start()
+    settings = msgspec.structs.replace(settings, redis_url=server.url, redis_timeout=5.0)
+    admin = aioredis.Redis.from_url(server.url, decode_responses=True)
+    try:
+        async with Lifespan(app := create_app(settings)), client_for(app) as client:
+            account = await new_account(settings, "flood")
+            await wait_for(lambda: app.state.relay.stats.is_leader)
+            caplog.clear()
+            await admin.execute_command("CLIENT", "PAUSE", REDIS_PAUSE_MS, "ALL")
+            probes = [asyncio.ensure_future(client.get(path)) for path in ("/ready", "/metrics") * 150]
+            await asyncio.sleep(0.2)  # every probe is waiting on Redis now
+            async with client_for(app, account.token) as api:
+                assert (await api.post("/v1/conversations", json={"contact_id": "during_the_flood"})).status_code == 201
+            await asyncio.gather(*probes)
+            await wait_for(lambda: app.state.relay.stats.events_published >= 1, timeout=10)
+    finally:
+        await admin.aclose()
+        server.stop()
+    assert not [r for r in caplog.records if "cannot publish to Redis" in r.getMessage()]
