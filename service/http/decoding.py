@@ -17,15 +17,18 @@ from urllib.parse import parse_qsl
 import msgspec
 
 from service.errors import InvalidRequest, UnsupportedMediaType
-from service.model import MAX_TIMESTAMP, RequestAttributes
+from service.ids import EVENT_ID_PREFIX, ID_LENGTH
+from service.model import EVENT_TYPES, MAX_TIMESTAMP, EventListParams, RequestAttributes
 
 MAX_QUERY_ATTRIBUTES = 32
 
-# What each attribute must be, as the end of a sentence "<attribute> must be ...".
+# What each attribute must be, as the end of a sentence "<attribute> must be ...": by attribute,
+# and where a call gives a name another meaning (the feed's cursors are event ids), by call.
 _FOREIGN_ID_RULE = "a string of 1 to 64 characters from A-Z, a-z, 0-9, '_' and '-'"
 _TIMESTAMP_RULE = f"an integer Unix timestamp from 0 to {MAX_TIMESTAMP}"
-_CURSOR_RULE = ("a conversation id (16 characters from A-Z, a-z and 0-9), or with order=activity a "
-                "next_cursor or previous_cursor that a page returned")
+_CONVERSATION_ID_RULE = f"a conversation id ({ID_LENGTH} characters from A-Z, a-z and 0-9)"
+_CURSOR_RULE = f"{_CONVERSATION_ID_RULE}, or with order=activity a next_cursor or previous_cursor that a page returned"
+_EVENT_ID_RULE = f"an event id ({EVENT_ID_PREFIX} and {ID_LENGTH} characters from A-Z, a-z and 0-9)"
 ATTRIBUTE_RULES: dict[str, str] = {
     "contact_id": _FOREIGN_ID_RULE,
     "group_id": _FOREIGN_ID_RULE,
@@ -43,6 +46,19 @@ ATTRIBUTE_RULES: dict[str, str] = {
     "ending_before": _CURSOR_RULE,
     "order": "created or activity",
 }
+CALL_RULES: dict[type[RequestAttributes], dict[str, str]] = {
+    EventListParams: {
+        "type": ", ".join(EVENT_TYPES[:-1]) + " or " + EVENT_TYPES[-1],
+        "conversation_id": _CONVERSATION_ID_RULE,
+        "starting_after": _EVENT_ID_RULE,
+        "ending_before": _EVENT_ID_RULE,
+    },
+}
+
+
+def attribute_rule(struct_type: type[RequestAttributes], name: str) -> str:
+    return CALL_RULES.get(struct_type, {}).get(name) or ATTRIBUTE_RULES.get(name, "of another type")
+
 
 T = TypeVar("T", bound=RequestAttributes)
 
@@ -60,8 +76,7 @@ def translate_validation_error(error: msgspec.MsgspecError, struct_type: type[Re
                               param=name[:100])
     if match := _AT_PATH.search(text):
         name = match.group(1)
-        rule = ATTRIBUTE_RULES.get(name, "of another type")
-        return InvalidRequest(f"{name} must be {rule}", param=name)
+        return InvalidRequest(f"{name} must be {attribute_rule(struct_type, name)}", param=name)
     # ValidationError is a DecodeError too: only a decode error that is not one means broken JSON.
     if isinstance(error, msgspec.ValidationError):
         return InvalidRequest("the request body must be a JSON object")

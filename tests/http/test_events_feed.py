@@ -17,6 +17,7 @@ from typing import Any
 import asyncpg
 import httpx
 import msgspec
+import pytest
 import redis.asyncio as aioredis
 
 from service.ids import encode_millis, random_part
@@ -268,6 +269,18 @@ async def test_both_cursors_together_are_a_400(api):
     cursor = "evt_" + encode_millis(int(time.time() * 1000)) + random_part()
     assert_error(await api.get(EVENTS, params={"starting_after": cursor, "ending_before": cursor}), 400,
                  "ending_before")
+
+
+@pytest.mark.parametrize(("name", "value", "rule"), [
+    ("type", "conversation.archived", "conversation.created, conversation.updated or conversation.deleted"),
+    ("conversation_id", "not an id", "a conversation id"),
+    ("starting_after", "xgQQXg3hrtjh7AvZ", "an event id"),
+    ("ending_before", "evt_", "an event id"),
+])
+async def test_a_bad_feed_attribute_is_a_400_that_states_the_feeds_own_rule(api, name: str, value: str, rule: str):
+    body = assert_error(await api.get(EVENTS, params={name: value}), 400, name)
+    assert body["message"].startswith(f"{name} must be {rule}"), body["message"]
+    assert "order=activity" not in body["message"] and "another type" not in body["message"]
 
 
 async def test_unknown_feed_attributes_and_bad_values_are_400s_naming_them(api):
