@@ -106,8 +106,8 @@ class Conversations:
             direction, cursor = "starting_after", params.starting_after
         elif params.ending_before is not UNSET:
             direction, cursor = "ending_before", params.ending_before
-        filters = {name: getattr(params, name) for name in queries.LIST_FILTERS
-                   if getattr(params, name) is not UNSET}
+        filters = queries.ListFilters(*(None if getattr(params, name) is UNSET else getattr(params, name)
+                                        for name in queries.ListFilters._fields))
         if params.order == "activity":
             position = None if cursor is None else parse_activity_cursor(cursor, direction)  # type: ignore[arg-type]
             data, has_more = await queries.fetch_activity_page(db, account_id, params.limit, direction, position,

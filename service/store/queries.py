@@ -73,14 +73,24 @@ PARTY_FILTERS = {
     "contact_id": "contact_id = ${n}",
     "group_id": "group_id = ${n}",
 }
-LIST_FILTERS = (*FLAG_FILTERS, *PARTY_FILTERS)
 
 
-def _split_filters(filters: dict[str, object]) -> tuple[tuple[tuple[str, bool], ...], tuple[str, ...], list[object]]:
+class ListFilters(NamedTuple):
+    """A list's optional filters (None: not filtering), in FLAG_FILTERS and PARTY_FILTERS terms."""
+
+    muted: bool | None = None
+    pinned: bool | None = None
+    archived: bool | None = None
+    contact_id: str | None = None
+    group_id: str | None = None
+
+
+def _split_filters(filters: ListFilters) -> tuple[tuple[tuple[str, bool], ...], tuple[str, ...], list[object]]:
     """(flag filters with their values, party filter names, party values) of a list's filters."""
-    flags = tuple((name, bool(value)) for name, value in filters.items() if name in FLAG_FILTERS)
-    parties = tuple(name for name in filters if name in PARTY_FILTERS)
-    return flags, parties, [filters[name] for name in parties]
+    given = {name: value for name, value in filters._asdict().items() if value is not None}
+    flags = tuple((name, bool(value)) for name, value in given.items() if name in FLAG_FILTERS)
+    parties = tuple(name for name in given if name in PARTY_FILTERS)
+    return flags, parties, [given[name] for name in parties]
 
 
 def _filter_conditions(flags: tuple[tuple[str, bool], ...], parties: tuple[str, ...], first_param: int) -> list[str]:
@@ -112,7 +122,7 @@ def list_statement(cursor: str | None, flags: tuple[tuple[str, bool], ...] = (),
 
 
 async def fetch_page(db: Executor, account_id: str, size: int, cursor: str | None, cursor_id: str | None,
-                     filters: dict[str, object]) -> tuple[list[Conversation], bool]:
+                     filters: ListFilters) -> tuple[list[Conversation], bool]:
     """Up to `size` conversations in creation order, and whether more exist beyond them."""
     flags, parties, party_values = _split_filters(filters)
     query = list_statement(cursor, flags, parties)
@@ -157,7 +167,7 @@ def activity_statement(direction: str | None, flags: tuple[tuple[str, bool], ...
 
 
 async def fetch_activity_page(db: Executor, account_id: str, size: int, direction: str | None,
-                              position: ActivityPosition | None, filters: dict[str, object]
+                              position: ActivityPosition | None, filters: ListFilters
                               ) -> tuple[list[Conversation], bool]:
     """Up to `size` conversations in activity order from `position`, and whether more exist beyond them."""
     flags, parties, party_values = _split_filters(filters)
