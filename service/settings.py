@@ -16,6 +16,9 @@ from typing import Any
 import msgspec
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+# A revoked token stops working within this on every replica (docs/api.md §2): the most any
+# process may remember a token's answer.
+TOKEN_REVOCATION_WINDOW_SECONDS = 5.0
 
 
 class SettingsError(ValueError):
@@ -58,7 +61,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     db_max_connection_lifetime: float = 3600.0
     redis_timeout: float = 2.0
     shutdown_timeout: float = 20.0
-    token_cache_seconds: float = 5.0
+    token_cache_seconds: float = TOKEN_REVOCATION_WINDOW_SECONDS
     # How long GET /v1/events keeps published events (whole days: the log drops a day at a time).
     events_feed_days: int = 30
     # Writes with an Idempotency-Key an account may send each second, per process (429 past it):

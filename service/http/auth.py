@@ -16,12 +16,11 @@ from __future__ import annotations
 import time
 
 from service.errors import Unauthenticated
+from service.settings import TOKEN_REVOCATION_WINDOW_SECONDS
 from service.store import api_tokens
 from service.store.database import Database
 from service.tokens import TOKEN_SHAPE, hash_token
 
-DEFAULT_CACHE_SIZE = 10_000
-REVOCATION_WINDOW_SECONDS = 5.0
 _UNKNOWN_TOKEN = "the API token is unknown or has been revoked"
 
 
@@ -37,10 +36,9 @@ def _remember(cache: dict[bytes, tuple[str | None, float]], size: int, token: by
 class TokenAuthenticator:
     """Maps an Authorization header to the account its token belongs to."""
 
-    def __init__(self, db: Database, cache_seconds: float = REVOCATION_WINDOW_SECONDS,
-                 cache_size: int = DEFAULT_CACHE_SIZE) -> None:
+    def __init__(self, db: Database, cache_seconds: float, cache_size: int) -> None:
         self._db = db
-        self._cache_seconds = min(cache_seconds, REVOCATION_WINDOW_SECONDS)
+        self._cache_seconds = min(cache_seconds, TOKEN_REVOCATION_WINDOW_SECONDS)
         self._cache_size = cache_size
         self._known: dict[bytes, tuple[str | None, float]] = {}
         self._unknown: dict[bytes, tuple[str | None, float]] = {}

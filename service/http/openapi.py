@@ -23,6 +23,8 @@ from service.http.limits import MAX_BODY_BYTES
 from service.http.openapi_schemas import REF, json_content, ref
 from service.ids import EVENT_ID_PREFIX, ID_REGEX
 from service.model import EventListParams, ListParams
+from service.settings import Settings
+from service.store.idempotency_keys import LOCK_WAIT_SECONDS
 
 OPENAPI_PATH = "/schema/openapi.json"
 DESCRIPTION = """\
@@ -50,6 +52,7 @@ see docs/asyncapi.yaml.
 """
 
 
+_DEFAULTS = Settings()  # the document states the defaults of the settings it names
 _ERROR_DESCRIPTIONS = {
     400: "A bad attribute, body or query string (`param` names the attribute).",
     401: "Missing, unknown or revoked token.",
@@ -60,14 +63,17 @@ _ERROR_DESCRIPTIONS = {
     408: "The request head did not arrive within HTTP_HEADER_TIMEOUT; the connection is closed.",
     412: "If-Match names a version the conversation no longer has (nothing was changed).",
     413: f"The body is over {MAX_BODY_BYTES // 1024} KiB.",
-    414: "The request line is over HTTP_MAX_URL_BYTES (8 KiB); the connection is closed.",
+    414: f"The request line is over HTTP_MAX_URL_BYTES ({_DEFAULTS.http_max_url_bytes // 1024} KiB by default); "
+         "the connection is closed.",
     415: "The body is neither JSON nor form data.",
     429: ("More writes with an Idempotency-Key a second than the account may send (IDEMPOTENCY_KEYS_PER_SECOND); "
           "nothing was stored: retry after Retry-After seconds, with the same key."),
-    431: ("The header block is over HTTP_MAX_HEADER_BYTES (16 KiB) or has more than HTTP_MAX_HEADERS (100) headers; "
-          "the connection is closed."),
+    431: (f"The header block is over HTTP_MAX_HEADER_BYTES ({_DEFAULTS.http_max_header_bytes // 1024} KiB by "
+          f"default) or has more than HTTP_MAX_HEADERS ({_DEFAULTS.http_max_headers}) headers; the connection is "
+          "closed."),
     500: "An unexpected error on our side (logged; the body has no details).",
-    503: ("PostgreSQL is unreachable or too slow, a write with an Idempotency-Key waited over 2 s for another "
+    503: ("PostgreSQL is unreachable or too slow, a write with an Idempotency-Key waited over "
+          f"{LOCK_WAIT_SECONDS:g} s for another "
           "write to the conversation, or the process is at its limit of requests or connections; retry after the "
           "Retry-After seconds."),
 }

@@ -9,16 +9,14 @@ from __future__ import annotations
 import asyncpg
 import msgspec
 
-from service.store.database import Executor
-
-_NOW_SECONDS = "floor(extract(epoch FROM now()))::bigint"
+from service.store.database import NOW_SECONDS, Executor
 
 SELECT_ACCOUNT_FOR_TOKEN = "SELECT account_id FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL"
 INSERT_TOKEN = ("INSERT INTO api_tokens (id, account_id, token_hash, created_at) "
-                f"VALUES ($1, $2, $3, {_NOW_SECONDS}) RETURNING created_at")
+                f"VALUES ($1, $2, $3, {NOW_SECONDS}) RETURNING created_at")
 SELECT_TOKENS_OF_ACCOUNT = ("SELECT id, account_id, created_at, revoked_at FROM api_tokens "
                             "WHERE account_id = $1 ORDER BY id")
-REVOKE_TOKEN = (f"UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, {_NOW_SECONDS}) "
+REVOKE_TOKEN = (f"UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, {NOW_SECONDS}) "
                 "WHERE id = $1 RETURNING id, account_id, created_at, revoked_at")
 
 

@@ -26,6 +26,9 @@ from service.errors import ApiError, DatabaseUnavailable
 from service.settings import Settings
 from service.store.pool import ConnectionPool
 
+# The database's clock in Unix seconds, as every stored timestamp is written: one clock for all rows.
+NOW_SECONDS = "floor(extract(epoch FROM now()))::bigint"
+
 
 def is_unavailable(error: BaseException) -> bool:
     """Whether `error` means "PostgreSQL cannot be reached in time" rather than a bug of ours."""

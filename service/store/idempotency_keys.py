@@ -13,7 +13,8 @@ import msgspec
 from service.store.database import Executor, Transaction
 
 RETENTION = "24 hours"
-LOCK_WAIT = "2s"
+LOCK_WAIT_SECONDS = 2.0
+LOCK_WAIT = f"{LOCK_WAIT_SECONDS:g}s"
 PURGE_BATCH = 10_000
 
 SET_LOCK_WAIT = f"SET LOCAL lock_timeout = '{LOCK_WAIT}'"

@@ -20,11 +20,10 @@ from msgspec import UNSET
 
 from service.ids import EVENT_ID_PREFIX, new_event_id, random_part
 from service.model import CONVERSATION_FIELDS, UPDATABLE_FIELDS, Conversation, ConversationUpdate
-from service.store.database import Executor
+from service.store.database import NOW_SECONDS, Executor
 from service.store.outbox import insert_event
 
 _COLUMNS = ", ".join(CONVERSATION_FIELDS)
-_NOW_SECONDS = "floor(extract(epoch FROM now()))::bigint"
 
 
 def _columns(alias: str) -> str:
@@ -189,7 +188,7 @@ async def fetch_activity_page(db: Executor, account_id: str, size: int, directio
 INSERT_CONVERSATION_UNLESS_EXISTS = f"""
 WITH inserted AS (
     INSERT INTO conversations (account_id, id, contact_id, group_id, created_at)
-    VALUES ($1, base62_millis(now()) || $2, $3, $4, {_NOW_SECONDS})
+    VALUES ($1, base62_millis(now()) || $2, $3, $4, {NOW_SECONDS})
     ON CONFLICT DO NOTHING
     RETURNING {_COLUMNS}, version
 ), event AS (
@@ -276,7 +275,7 @@ WITH current AS (
     RETURNING {_columns("t")}, t.version
 ), event AS (
     {insert_event("conversation.updated", stream=f"${_STREAM}", account_id="$1", event_id=f"${_EVENT_ID}::text",
-                  occurred_at=_NOW_SECONDS, sequence="u.version", source="updated u, current c", row="u",
+                  occurred_at=NOW_SECONDS, sequence="u.version", source="updated u, current c", row="u",
                   previous="c")}
 )
 SELECT {_COLUMNS}, version, true FROM updated
@@ -310,7 +309,7 @@ WITH target AS (
     RETURNING {_columns("c")}, c.version
 ), event AS (
     {insert_event("conversation.deleted", stream="$4", account_id="$1", event_id="$3::text",
-                  occurred_at=_NOW_SECONDS, sequence="d.version + 1", source="deleted d", row="d")}
+                  occurred_at=NOW_SECONDS, sequence="d.version + 1", source="deleted d", row="d")}
 )
 SELECT (SELECT version FROM target), EXISTS (SELECT FROM deleted)
 """
