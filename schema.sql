@@ -1,4 +1,4 @@
--- The conversations service's schema. Applied by `python -m service migrate` (service/migrate.py)
+-- The conversations service's schema. Applied by `python -m service migrate` (service/store/migrate.py)
 -- under an advisory lock; every statement is idempotent, so applying it again changes nothing.
 
 -- Identifiers (docs/api.md): 8 base62 characters of the creation time in milliseconds, then 8

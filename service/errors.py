@@ -210,8 +210,8 @@ class AtCapacity(ApiError):
     status_code = 503
     error_type = "api_error"
 
-    def __init__(self) -> None:
-        super().__init__("the server is at its limit of requests in progress; retry shortly",
+    def __init__(self, limit: str = "requests in progress") -> None:
+        super().__init__(f"the server is at its limit of {limit}; retry shortly",
                          headers={"Retry-After": RETRY_AFTER_SECONDS})
 
 

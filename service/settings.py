@@ -52,7 +52,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # and twice the p99, 6-10 fewer requests a second (README, "Performance").
     db_pool_size: int = 12
     # Together these bound how long a call can wait on an unreachable PostgreSQL before its 503:
-    # acquiring a connection (which may mean connecting) 2 s, a statement 4 s.
+    # opening a connection 3 s, waiting in line for a pooled one 2 s, a statement 4 s.
     db_connect_timeout: float = 3.0
     db_acquire_timeout: float = 2.0
     db_statement_timeout: float = 4.0

@@ -1,4 +1,4 @@
-"""One call to /v1/conversations: what an operation reads from it and how its work runs.
+"""One call under /v1 (conversations and the events feed): what an operation reads from it and how its work runs.
 
 An operation decodes its query and body through the Call (decoding.py's strict rules, the body
 bounded by MAX_BODY_BYTES while it is read), then hands its database work to `Call.run`, which

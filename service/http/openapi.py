@@ -44,8 +44,10 @@ in a body or a query string, are a 400 naming the attribute.
 first response is replayed, nothing changes twice); responses carry the conversation's version
 as `ETag`, and `If-Match` makes a write fail with 412 if someone changed it meanwhile.
 
-**Pagination** is by cursor: `starting_after` / `ending_before` take a conversation id, which
-is a position in the list (newest first), so pages never skip or repeat items.
+**Pagination** is by cursor: in the list's creation order `starting_after` / `ending_before` take a
+conversation id, which is a position in the list (newest first), so pages never skip or repeat
+items; in activity order (`order=activity`) they take the `next_cursor` / `previous_cursor` a page
+returned, and in the events feed an event id.
 
 Every create, effective update and delete is also published as an event on a Redis stream:
 see docs/asyncapi.yaml.

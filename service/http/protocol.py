@@ -151,7 +151,7 @@ class ContractHttpToolsProtocol(HttpToolsProtocol):
         _watch.start(self.loop, self.connections, self.limits)
         self._waiting_since = _watch.now
         if len(self.connections) > self.limits.max_connections:
-            self._refuse(AtCapacity())
+            self._refuse(AtCapacity("open connections"))
 
     def close_if_overdue(self, now: float) -> None:
         """Called by the watch: end a connection stuck before a complete head, or in a slow body.

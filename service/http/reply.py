@@ -1,4 +1,4 @@
-"""A response of /v1/conversations, already encoded, and how it is sent.
+"""A response of a /v1 call, already encoded, and how it is sent.
 
 A write with an Idempotency-Key stores its Reply and replays it to retries, so a Reply holds
 everything a client sees: status, body, and the headers that carry meaning.

@@ -66,7 +66,7 @@ async def ensure_database(settings: Settings) -> bool:
 
 async def apply_schema(settings: Settings) -> None:
     """Run schema.sql under the migration lock (held by this session until it closes), then give the
-    event log the partitions of the coming days, so the relay never moves rows into its default."""
+    event log this week's partition and the coming weeks', so the relay never moves rows into its default."""
     connection = await asyncpg.connect(settings.database_url, timeout=settings.db_connect_timeout)
     try:
         await connection.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)

@@ -10,6 +10,7 @@ real `serve`, on raw sockets: httpx would not send these requests as they are.
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -322,6 +323,7 @@ def test_a_connection_past_the_limit_gets_a_503_and_is_closed(front: Front):
         response = read_response(extra)
         assert_refused(response, extra, 503)
         assert response.headers["retry-after"].isdigit()
+        assert "open connections" in json.loads(response.body)["message"]
         for conn in idle:
             conn.close()
         time.sleep(0.2)
