@@ -298,7 +298,11 @@ async def test_a_leader_whose_network_dies_silently_is_replaced_within_30_second
     async with Lifespan(first_app), Lifespan(second_app):
         await wait_for(lambda: len(leaders(first_app, second_app)) == 1)
         leader_pid = await db.fetchval(LEADER_PID, settings.events_stream)
-        port = await db.fetchval("SELECT client_port FROM pg_stat_activity WHERE pid = $1", leader_pid)
+        address, port = await db.fetchrow("SELECT host(client_addr), client_port FROM pg_stat_activity "
+                                          "WHERE pid = $1", leader_pid)
+        if address not in ("127.0.0.1", "::1"):
+            pytest.skip("PostgreSQL sees the relay through a NAT (a container): its client port is not the one to "
+                        "cut here; the run on a loopback PostgreSQL covers this")
         with Blackhole(port):
             cut_at = time.monotonic()
             async with client_for(second_app, account.token) as api:
