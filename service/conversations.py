@@ -26,10 +26,11 @@ from service.model import (
     ConversationPage,
     ConversationUpdate,
     ListParams,
+    Versioned,
 )
 from service.store import queries
 from service.store.database import Executor
-from service.store.queries import ActivityPosition, Versioned
+from service.store.queries import ActivityPosition
 
 # A create whose contact was taken, but whose holder is gone by the time we look it up (deleted
 # in between), is simply tried again; this many times before giving up.

@@ -50,6 +50,10 @@ class Conversation(msgspec.Struct):
     archived_at: int | None
 
 
+# A conversation and its version (the event sequence of its last change: its ETag).
+Versioned = tuple[Conversation, int]
+
+
 CONVERSATION_FIELDS = Conversation.__struct_fields__
 
 

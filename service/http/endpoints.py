@@ -22,10 +22,10 @@ from service.model import (
     EventListParams,
     ListParams,
     NoAttributes,
+    Versioned,
     encode_json,
 )
 from service.store.database import Executor
-from service.store.queries import Versioned
 
 MOUNT_PATH = "/v1"
 COLLECTION_ROUTE = "/v1/conversations"

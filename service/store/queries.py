@@ -19,7 +19,7 @@ import asyncpg
 from msgspec import UNSET
 
 from service.ids import EVENT_ID_PREFIX, new_event_id, random_part
-from service.model import CONVERSATION_FIELDS, UPDATABLE_FIELDS, Conversation, ConversationUpdate
+from service.model import CONVERSATION_FIELDS, UPDATABLE_FIELDS, Conversation, ConversationUpdate, Versioned
 from service.store.database import NOW_SECONDS, Executor
 from service.store.outbox import insert_event
 
@@ -30,8 +30,6 @@ def _columns(alias: str) -> str:
     return ", ".join(f"{alias}.{field}" for field in CONVERSATION_FIELDS)
 
 
-# A conversation and its version (the event sequence of its last change: the ETag).
-Versioned = tuple[Conversation, int]
 _VERSION = len(CONVERSATION_FIELDS)  # the column after the conversation's
 
 
