@@ -36,7 +36,6 @@ import json
 import os
 import random
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -51,6 +50,7 @@ import redis.asyncio as aioredis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from arrivals import StreamArrivals, percentiles  # noqa: E402
 from processes import cpu_seconds, free_port, group_pids, postgres_pids, rss_mb  # noqa: E402
 
 from service.ids import encode_millis, random_part  # noqa: E402
@@ -209,40 +209,18 @@ def measure(server: Server, scenario: str, data: Path, args: argparse.Namespace,
 
 async def event_latency(port: int, token: str, redis_url: str, stream: str, count: int, rate: float) -> dict:
     """From each create's HTTP response to its entry on the stream, at `rate` creates a second."""
-    reader = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    arrived: dict[str, float] = {}
-    stop = asyncio.Event()
-
-    async def read() -> None:
-        last = "$"
-        while not stop.is_set():
-            reply = await reader.xread({stream: last}, block=200, count=500)
-            now = time.perf_counter()
-            for _, entries in reply or []:
-                for entry_id, fields in entries:
-                    last = entry_id
-                    arrived.setdefault(fields["conversation_id"], now)
-
-    listener = asyncio.create_task(read())
-    await asyncio.sleep(0.3)
     answered: dict[str, float] = {}
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}",
-                                 headers={"Authorization": f"Bearer {token}"}) as client:
-        for n in range(count):
-            started = time.perf_counter()
-            response = await client.post("/v1/conversations", json={"contact_id": f"probe{time.time_ns()}{n}"})
-            answered[response.json()["id"]] = time.perf_counter()
-            await asyncio.sleep(max(0.0, 1 / rate - (time.perf_counter() - started)))
-    deadline = time.monotonic() + 5
-    while len(arrived.keys() & answered.keys()) < len(answered) and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    stop.set()
-    await listener
-    await reader.aclose()
-    delays = sorted((arrived[cid] - answered[cid]) * 1000 for cid in answered if cid in arrived)
-    return {"events": count, "arrived": len(delays), "p50_ms": round(statistics.median(delays), 2),
-            "p99_ms": round(delays[int(len(delays) * 0.99) - 1], 2), "max_ms": round(delays[-1], 2),
-            "rate_per_s": rate}
+    async with StreamArrivals(redis_url, stream) as arrivals:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}",
+                                     headers={"Authorization": f"Bearer {token}"}) as client:
+            for n in range(count):
+                started = time.perf_counter()
+                response = await client.post("/v1/conversations", json={"contact_id": f"probe{time.time_ns()}{n}"})
+                answered[response.json()["id"]] = time.perf_counter()
+                await asyncio.sleep(max(0.0, 1 / rate - (time.perf_counter() - started)))
+        await arrivals.wait_for(answered, 5)
+    delays = arrivals.delays_ms(answered)
+    return {"events": count, "arrived": len(delays), **percentiles(delays), "rate_per_s": rate}
 
 
 async def seed_event_log(url: str, account: str, count: int) -> None:

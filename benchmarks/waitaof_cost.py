@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -30,11 +29,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import asyncpg
-import redis.asyncio as aioredis
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from arrivals import StreamArrivals, percentiles  # noqa: E402
 from run import Server  # noqa: E402
 
 from service.settings import Settings  # noqa: E402
@@ -82,22 +81,12 @@ async def run_mode(mode: str, args: argparse.Namespace) -> Result:
 
 
 async def measure(mode: str, port: int, token: str, redis_url: str, stream: str, args: argparse.Namespace) -> Result:
-    reader = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    arrived: dict[str, float] = {}
-    stop = asyncio.Event()
+    async with StreamArrivals(redis_url, stream) as arrivals:
+        return await _measure(mode, port, token, arrivals, args)
 
-    async def read() -> None:
-        last = "$"
-        while not stop.is_set():
-            reply = await reader.xread({stream: last}, block=200, count=1000)
-            now = time.perf_counter()
-            for _, entries in reply or []:
-                for entry_id, fields in entries:
-                    last = entry_id
-                    arrived.setdefault(fields["conversation_id"], now)
 
-    listener = asyncio.create_task(read())
-    await asyncio.sleep(0.3)
+async def _measure(mode: str, port: int, token: str, arrivals: StreamArrivals, args: argparse.Namespace) -> Result:
+    reader = arrivals.redis
     stats_before = await reader.info("commandstats")
     answered: dict[str, float] = {}
     statuses: dict[int, int] = {}
@@ -135,20 +124,15 @@ async def measure(mode: str, port: int, token: str, redis_url: str, stream: str,
     writing = time.perf_counter() - started
     if set(statuses) != {201}:
         print(f"{mode}: statuses {statuses}", file=sys.stderr)
-    deadline = time.monotonic() + 10
-    while len(arrived.keys() & answered.keys()) < len(answered) and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    stop.set()
-    await listener
+    await arrivals.wait_for(answered, 10)
     stats = (await reader.info("commandstats")).get("cmdstat_waitaof", {})
     calls = int(stats.get("calls", 0)) - int(stats_before.get("cmdstat_waitaof", {}).get("calls", 0))
-    await reader.aclose()
-    delays = sorted((arrived[cid] - answered[cid]) * 1000 for cid in answered if cid in arrived)
+    delays = arrivals.delays_ms(answered)
+    arrived = arrivals.arrived
     first_answer, last_arrival = min(answered.values()), max(arrived[cid] for cid in answered if cid in arrived)
     return Result(mode=mode, writes=len(answered), write_rate=round(len(answered) / writing),
                   events=len(delays), events_per_s=round(len(delays) / (last_arrival - first_answer)),
-                  p50_ms=round(statistics.median(delays), 2), p99_ms=round(delays[int(len(delays) * 0.99) - 1], 2),
-                  max_ms=round(delays[-1], 2), waitaof_calls=calls)
+                  **percentiles(delays), waitaof_calls=calls)
 
 
 def table(results: list[Result]) -> str:
