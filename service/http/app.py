@@ -19,8 +19,8 @@ from litestar import Litestar
 
 from service import metrics
 from service.conversations import Conversations
+from service.events.coordinator import Relay
 from service.events.redis_client import create_redis
-from service.events.relay import Relay
 from service.feed import Feed
 from service.http import idempotency
 from service.http.auth import TokenAuthenticator
@@ -79,9 +79,10 @@ def _lifespan(settings: Settings, run_relay: bool) -> Callable[[Litestar], Abstr
         app.state.redis = redis
         app.state.relay = relay
         app.state.authenticator = TokenAuthenticator(db, settings.token_cache_seconds, settings.token_cache_size)
-        app.state.services = Services(db, Conversations(settings.events_stream), Feed(settings.events_feed_days),
+        app.state.services = Services(db, Conversations(settings.events_stream, settings.events_partitions),
+                                      Feed(settings.events_feed_days),
                                       idempotency.KeyedWriteBudget(settings.idempotency_keys_per_second))
-        app.state.store_probe = StoreProbe(db, settings.events_stream)
+        app.state.store_probe = StoreProbe(db, settings.events_stream, settings.events_partitions)
         if run_relay:
             relay.start()
         background = [asyncio.create_task(_sample_pool(pool), name="pool-sampler"),
