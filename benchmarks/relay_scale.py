@@ -18,9 +18,10 @@ its own on --redis, deleted afterwards):
   profile  one leader's steps timed in this process over a --backlog drain: the batch SELECT, the
            XADD pipeline, and WAITAOF (against a private AOF server, compose's flags), the move into
            the event log; per batch of 500;
-  latency  creates open-loop at --rate a second for --duration seconds against one `serve --workers 1`
-           with EVENTS_PARTITIONS 1 and 4; each event timed from its create's 2xx response to its
-           arrival on its partition's stream key (XREAD BLOCK on every key, from a separate connection).
+  latency  creates open-loop at --rate a second for --duration seconds against one `serve` with
+           --latency-workers workers and EVENTS_PARTITIONS 1 and 4; each event timed from its create's
+           2xx response to its arrival on its partition's stream key (XREAD BLOCK on every key, from a
+           separate connection); the rate the server kept up is reported beside it.
 
 With --checkout DIR (another checkout of the project, e.g. the commit before partitions) the
 servers and migrations are that checkout's (drain and writers only; a checkout without partitions
@@ -132,7 +133,8 @@ def leadership_settled(servers: list[Server], partitions: int, partitioned: bool
     for server in servers:
         body = httpx.get(f"http://127.0.0.1:{server.port}/ready", timeout=2).json()
         led.append(len(body["relay_partitions"]) if partitioned else int(body["relay_is_leader"]))
-    return sum(led) == (partitions if partitioned else 1) and all(led)
+    partitions = partitions if partitioned else 1
+    return sum(led) == partitions and sum(1 for count in led if count) == min(partitions, len(servers))
 
 
 async def drain(args: argparse.Namespace, partitions: int, processes: int, checkout: Path) -> dict:
@@ -262,7 +264,7 @@ async def profile(args: argparse.Namespace, durability: str) -> dict:
 async def latency(args: argparse.Namespace, partitions: int) -> dict:
     async with Scratch(args, f"latency{partitions}") as scratch:
         token, _ = await create_token(Settings(database_url=scratch.url), "acct_bench")
-        server = Server(scratch.env(partitions), 1)
+        server = Server(scratch.env(partitions), args.latency_workers)
         keys = stream_keys(scratch.stream, partitions)
         try:
             await asyncio.to_thread(server.start)
@@ -354,7 +356,7 @@ def tables(report: dict) -> str:
                               for n in ("select", "xadd", "waitaof", "move")) for r in report["profile"]]
     if report.get("latency"):
         lines += ["", f"event latency (create 2xx -> entry on its stream key), creates at {report['rate']}/s "
-                      "open-loop, one serve --workers 1",
+                      f"open-loop, one serve --workers {report['latency_workers']}",
                   "partitions  writes/s  events  p50 ms  p99 ms  max ms", "-" * 50]
         lines += [f"{r['partitions']:>10}  {r['writes_per_s']:>8}  {r['events']:>6}  {r['p50_ms']:>6.2f}  "
                   f"{r['p99_ms']:>6.2f}  {r['max_ms']:>6.2f}" for r in report["latency"]]
@@ -366,7 +368,8 @@ async def main(args: argparse.Namespace) -> dict:
     partitions = [int(n) for n in args.partitions.split(",")]
     processes = [int(n) for n in args.processes.split(",")]
     checkout = args.checkout or ROOT
-    report: dict = {"backlog": args.backlog, "rate": args.rate, "checkout": str(checkout)}
+    report: dict = {"backlog": args.backlog, "rate": args.rate, "checkout": str(checkout),
+                    "latency_workers": args.latency_workers}
     if "drain" in parts:
         report["drain"] = [await drain(args, n, p, checkout) for n in partitions for p in processes]
     if "writers" in parts:
@@ -390,6 +393,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=10, help="seconds of writes (writers, latency)")
     parser.add_argument("--rate", type=float, default=2000, help="creates a second (latency)")
     parser.add_argument("--concurrency", type=int, default=64, help="connections of the open-loop sender")
+    parser.add_argument("--latency-workers", type=int, default=2, help="serve's workers for latency")
     parser.add_argument("--checkout", type=Path, default=None, help="another checkout's servers and migrations")
     parser.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
     args = parser.parse_args()
