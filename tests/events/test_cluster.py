@@ -14,7 +14,7 @@ import asyncio
 import io
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -28,7 +28,7 @@ from service.http.app import create_app
 from service.partitions import partition_of, stream_key, stream_keys
 from service.settings import Settings
 from tests.asgi import Lifespan, client_for
-from tests.conftest import new_account, wait_for
+from tests.conftest import Backends, migrated_database, new_account, wait_for
 from tests.servers import LocalCluster, ServiceProcess
 from tests.write_storm import Storm, client_loop
 
@@ -104,10 +104,26 @@ async def test_every_partition_is_published_to_its_key_on_the_cluster_and_read_b
     assert sorted((e["conversation_id"], str(e["sequence"])) for e in printed) == sorted(where)
 
 
+@pytest.fixture
+async def storm_database(backend_urls: Backends) -> AsyncIterator[str]:
+    """A database of its own: the storm's thousands of conversations stay out of the run's shared one."""
+    async with migrated_database(backend_urls, "cluster_storm") as url:
+        yield url
+
+
 async def test_after_a_master_is_killed_mid_storm_the_relay_carries_on_and_loses_at_most_the_replicas_lag(
-        cluster_with_replicas: LocalCluster, database_url: str, stream_name: str, db: asyncpg.Connection,
-        tmp_path: Path, ci_report):
+        cluster_with_replicas: LocalCluster, storm_database: str, stream_name: str, tmp_path: Path, ci_report):
     cluster = cluster_with_replicas
+    database_url = storm_database
+    db = await asyncpg.connect(database_url)
+    try:
+        await _storm_and_failover(cluster, database_url, stream_name, db, tmp_path, ci_report)
+    finally:
+        await db.close()
+
+
+async def _storm_and_failover(cluster: LocalCluster, database_url: str, stream_name: str, db: asyncpg.Connection,
+                              tmp_path: Path, ci_report) -> None:
     settings = Settings(database_url=database_url, events_stream=stream_name)
     account = await new_account(settings)
     keys = stream_keys(stream_name, PARTITIONS)
