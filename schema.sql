@@ -92,6 +92,10 @@ CREATE TABLE IF NOT EXISTS conversation_outbox (
     -- The stream the writer was configured with (EVENTS_STREAM): each stream has its own
     -- relay leader, which publishes only its stream's rows.
     stream               text COLLATE "C" NOT NULL,
+    -- Its partition (service/partitions.py), from the conversation id and the writer's
+    -- EVENTS_PARTITIONS; each partition of a stream has its own relay leader. Rows of writers that
+    -- predate partitions take 0.
+    stream_partition     integer NOT NULL DEFAULT 0,
     position             bigint GENERATED ALWAYS AS IDENTITY,
     event_id             text COLLATE "C" NOT NULL,
     type                 text NOT NULL,
@@ -117,9 +121,26 @@ CREATE TABLE IF NOT EXISTS conversation_outbox (
     previous_last_active_at     bigint,
     previous_last_opened_at     bigint,
     previous_archived_at        bigint,
-    -- The relay's scan: a stream's rows in position order.
+    -- A stream's rows in position order: the retirement of published rows, the backlog, a
+    -- stopping relay's mark.
     CONSTRAINT conversation_outbox_pkey PRIMARY KEY (stream, position)
 );
+-- Databases created before partitions: the column, added without a rewrite (a constant default).
+-- Checked first, so that a migrate run on an up-to-date database takes no lock on the outbox.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM information_schema.columns
+                   WHERE table_schema = current_schema() AND table_name = 'conversation_outbox'
+                     AND column_name = 'stream_partition') THEN
+        ALTER TABLE conversation_outbox ADD COLUMN stream_partition integer NOT NULL DEFAULT 0;
+    END IF;
+END
+$$;
+-- Each partition leader's scan: its partition's rows in position order (and the strays, rows of a
+-- partition at or above the relay's count, partition by partition). On a database with a large
+-- outbox, build it beforehand with CREATE INDEX CONCURRENTLY under this name (README, "Known limits").
+CREATE INDEX IF NOT EXISTS conversation_outbox_partition_idx
+    ON conversation_outbox (stream, stream_partition, position);
 -- Databases created before the column layout also had the event as JSON text (`data`,
 -- `previous_attributes`), unused since. Checked first, so that a migrate run on an up-to-date
 -- database takes no lock on the outbox.
@@ -141,8 +162,10 @@ $$;
 CREATE SEQUENCE IF NOT EXISTS event_log_batch_seq;
 CREATE TABLE IF NOT EXISTS event_log (
     batch  bigint NOT NULL,
-    -- The outbox's columns, as they are (without its identity and primary key).
-    LIKE conversation_outbox
+    -- The outbox's columns and their defaults, as they are when the log is created (without its
+    -- identity and primary key). LIKE copies them once: a column the outbox gains later is added to
+    -- an existing log by migrate (service/store/event_log.py, adopt_outbox_columns), default included.
+    LIKE conversation_outbox INCLUDING DEFAULTS
 ) PARTITION BY RANGE (occurred_at);
 CREATE TABLE IF NOT EXISTS event_log_default PARTITION OF event_log DEFAULT;
 -- The feed's order within an account, the same order within one type or one conversation (so a
@@ -162,13 +185,27 @@ ALTER TABLE conversation_outbox SET (
     autovacuum_analyze_threshold = 1000
 );
 
--- Whether writers should NOTIFY the relay of a stream (service/events/pacing.py): true while it waits for
--- notifications, false while it polls under load. One row per stream, written only by the
--- relay, and only when it switches; writers read it by primary key.
+-- Whether writers should NOTIFY the relay of a stream's partition (service/events/pacing.py): true
+-- while its leader waits for notifications, false while it polls under load. One row per stream and
+-- partition, written only by the leader, and only when it switches; writers read it by primary key.
 CREATE TABLE IF NOT EXISTS outbox_wakeups (
-    stream  text COLLATE "C" PRIMARY KEY,
-    notify  boolean NOT NULL
+    stream            text COLLATE "C" NOT NULL,
+    stream_partition  integer NOT NULL DEFAULT 0,
+    notify            boolean NOT NULL,
+    CONSTRAINT outbox_wakeups_pkey PRIMARY KEY (stream, stream_partition)
 );
+-- Databases created before partitions: one row per stream, keyed by the stream alone (a handful of rows).
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM information_schema.columns
+                   WHERE table_schema = current_schema() AND table_name = 'outbox_wakeups'
+                     AND column_name = 'stream_partition') THEN
+        ALTER TABLE outbox_wakeups ADD COLUMN stream_partition integer NOT NULL DEFAULT 0,
+            DROP CONSTRAINT outbox_wakeups_pkey,
+            ADD CONSTRAINT outbox_wakeups_pkey PRIMARY KEY (stream, stream_partition);
+    END IF;
+END
+$$;
 
 -- Idempotency keys (docs/api.md): the first response to a write sent with an
 -- Idempotency-Key, stored in the same transaction as the change, replayed to retries for 24 h.

@@ -41,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     tail.add_argument("--claim-idle-ms", type=int, default=60_000,
                       help="claim entries pending this long on other consumers (default 60000)")
     tail.add_argument("--count", type=int, default=None, help="stop after this many events (default: never)")
+    tail.add_argument("--partitions", default=None,
+                      help="the partitions to read, e.g. 0-7 or 3,5 (default: all EVENTS_PARTITIONS of them)")
     return parser
 
 
@@ -88,10 +90,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "tokens":
         return _tokens(settings, args)
     from service.events.consumer import TailOptions, tail
+    from service.partitions import parse_selection
 
+    try:
+        partitions = (None if args.partitions is None
+                      else parse_selection(args.partitions, settings.events_partitions))
+    except ValueError as error:
+        print(f"error: --partitions {error}", file=sys.stderr)
+        return 2
     return asyncio.run(tail(settings, TailOptions(
         group=args.group, consumer=args.consumer, from_start=args.from_start,
-        max_deliveries=args.max_deliveries, claim_idle_ms=args.claim_idle_ms, count=args.count)))
+        max_deliveries=args.max_deliveries, claim_idle_ms=args.claim_idle_ms, count=args.count,
+        partitions=partitions)))
 
 
 if __name__ == "__main__":

@@ -38,16 +38,18 @@ CREATE_ATTEMPTS = 5
 
 
 class Conversations:
-    """The API's operations on one account's conversations, writing events to `events_stream`.
+    """The API's operations on one account's conversations, writing events to `events_stream` (in
+    `events_partitions` partitions).
 
     `expected_versions` is an If-Match precondition: None for none, else the versions a write
     may apply to (an empty list matches nothing).
     """
 
-    __slots__ = ("events_stream",)
+    __slots__ = ("events_partitions", "events_stream")
 
-    def __init__(self, events_stream: str) -> None:
+    def __init__(self, events_stream: str, events_partitions: int = 1) -> None:
         self.events_stream = events_stream
+        self.events_partitions = events_partitions
 
     async def create(self, db: Executor, account_id: str, request: ConversationCreate) -> Versioned:
         if (request.contact_id is None) == (request.group_id is None):
@@ -60,7 +62,7 @@ class Conversations:
                            else ("group_id", request.group_id))
         for _ in range(CREATE_ATTEMPTS):
             created = await queries.insert_conversation(db, self.events_stream, account_id,
-                                                        request.contact_id, request.group_id)
+                                                        request.contact_id, request.group_id, self.events_partitions)
             if created is not None:
                 return created
             existing = await queries.fetch_id_by_party(db, account_id, param, party_id)  # type: ignore[arg-type]
@@ -79,7 +81,7 @@ class Conversations:
                      expected_versions: list[int] | None = None) -> Versioned:
         """Apply the given attributes; a body that changes nothing returns the stored conversation."""
         outcome = await queries.update_conversation(db, self.events_stream, account_id, conversation_id, request,
-                                                    expected_versions)
+                                                    expected_versions, self.events_partitions)
         if outcome is None:
             raise ConversationNotFound(conversation_id)
         current, precondition_held = outcome
@@ -90,7 +92,7 @@ class Conversations:
     async def delete(self, db: Executor, account_id: str, conversation_id: str,
                      expected_versions: list[int] | None = None) -> None:
         deleted = await queries.delete_conversation(db, self.events_stream, account_id, conversation_id,
-                                                    expected_versions)
+                                                    expected_versions, self.events_partitions)
         if deleted is None:
             raise ConversationNotFound(conversation_id)
         if not deleted:

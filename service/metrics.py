@@ -21,7 +21,8 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from prometheus_client.platform_collector import PLATFORM_COLLECTOR
 from prometheus_client.registry import REGISTRY, Collector
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisClusterException, RedisError
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -38,6 +39,8 @@ REQUEST_SECONDS = Histogram("conversations_http_request_duration_seconds",
                             ["method", "route"], buckets=LATENCY_BUCKETS)
 EVENTS_PUBLISHED = Counter("conversations_events_published_total",
                            "Events the relay put on the stream (and removed from the outbox).")
+EVENTS_PUBLISHED_BY_PARTITION = Counter("conversations_events_published_by_partition_total",
+                                        "Events the relay put on each partition's stream key.", ["partition"])
 UNREAD_DROPPED = Counter("conversations_stream_unread_dropped_total",
                          "Stream entries a consumer group had not acknowledged, dropped past EVENTS_HARD_MAXLEN.")
 HTTP_REFUSED = Counter("conversations_http_refused_total",
@@ -126,20 +129,56 @@ def _gauge(name: str, documentation: str, value: float | None) -> GaugeMetricFam
     return family
 
 
+def _partition_gauge(name: str, documentation: str, values: list[float | None]) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, documentation, labels=["partition"])
+    for index, value in enumerate(values):
+        if value is not None:
+            family.add_metric([str(index)], value)
+    return family
+
+
+def _age(now: int, oldest: int | None) -> int:
+    return max(0, now - oldest) if oldest is not None else 0
+
+
+async def _stream_figures(redis: Redis | RedisCluster, keys: list[str]
+                          ) -> tuple[list[int], list[list[dict[str, object]]]]:
+    """Each key's length and consumer groups, in two pipelines of single-key commands (a cluster
+    client sends each command to its key's node)."""
+    pipe = redis.pipeline(transaction=False)
+    for key in keys:
+        pipe.xlen(key)
+    lengths = [int(length) for length in await pipe.execute()]
+    groups: list[list[dict[str, object]]] = [[] for _ in keys]
+    present = [index for index, length in enumerate(lengths) if length]
+    if present:
+        pipe = redis.pipeline(transaction=False)
+        for index in present:
+            pipe.xinfo_groups(keys[index])
+        for index, found in zip(present, await pipe.execute(), strict=True):
+            groups[index] = found
+    return lengths, groups
+
+
 async def scrape_families(db_backlog: tuple[int, int | None] | None, db_keys: tuple[int, int | None] | None,
-                          redis: Redis, stream: str, durability: list[tuple[str, bool]], *, held: bool
-                          ) -> list[Metric]:
-    """The scrape-time gauges: outbox backlog and age (`db_backlog`), idempotency keys stored and the
-    oldest's age (`db_keys`), stream and groups (Redis), and the relay's view of Redis: each
-    durability mode with 1 for the one it detected (`durability`; all 0 while unknown) and whether
-    EVENTS_REQUIRE_DURABLE keeps events in the outbox (`held`). A None means PostgreSQL did not answer."""
+                          redis: Redis | RedisCluster, keys: list[str], durability: list[tuple[str, bool]], *,
+                          held: bool, partition_backlogs: list[tuple[int, int | None]] | None = None,
+                          relay_processes: int | None = None, partitions_led: int = 0) -> list[Metric]:
+    """The scrape-time gauges: outbox backlog and age (`db_backlog`, and per partition
+    `partition_backlogs`), idempotency keys stored and the oldest's age (`db_keys`), each partition's
+    stream and groups (Redis, `keys`: the partitions' stream keys), and the relay's view: each
+    durability mode with 1 for the one it detected (`durability`; all 0 while unknown), whether
+    EVENTS_REQUIRE_DURABLE keeps events in the outbox (`held`), how many relays are alive and how many
+    partitions this process leads. A None means PostgreSQL did not answer."""
+    now = int(time.time())
     backlog, oldest = db_backlog if db_backlog is not None else (None, None)
-    keys, oldest_key_age = db_keys if db_keys is not None else (None, None)
+    keys_stored, oldest_key_age = db_keys if db_keys is not None else (None, None)
     modes = GaugeMetricFamily("conversations_events_durability",
                               "Durability of published events the relay detected on Redis (1: this mode).",
                               labels=["mode"])
     for mode, detected in durability:
         modes.add_metric([mode], 1.0 if detected else 0.0)
+    by_partition = partition_backlogs or []
     families = [
         modes,
         _gauge("conversations_events_held", "1 while EVENTS_REQUIRE_DURABLE keeps events in the outbox "
@@ -149,30 +188,59 @@ async def scrape_families(db_backlog: tuple[int, int | None] | None, db_keys: tu
                "the rest).",
                backlog),
         _gauge("conversations_outbox_oldest_age_seconds", "Age of the oldest unpublished event (0 if none).",
-               None if backlog is None else (max(0, int(time.time()) - oldest) if oldest is not None else 0)),
+               None if backlog is None else _age(now, oldest)),
+        _partition_gauge("conversations_outbox_partition_backlog",
+                         "Events of each partition not yet on its stream key, counted up to a fixed limit.",
+                         [count for count, _ in by_partition]),
+        _partition_gauge("conversations_outbox_partition_oldest_age_seconds",
+                         "Age of each partition's oldest unpublished event (0 if none).",
+                         [_age(now, first) for _, first in by_partition]),
+        _gauge("conversations_relay_processes", "Relays alive for this stream, as this process last counted them.",
+               relay_processes),
+        _gauge("conversations_relay_partitions_led", "Partitions this process publishes.", partitions_led),
     ]
     families += [
         _gauge("conversations_idempotency_keys_stored",
-               "Idempotency keys stored, as PostgreSQL's statistics count live rows.", keys),
+               "Idempotency keys stored, as PostgreSQL's statistics count live rows.", keys_stored),
         _gauge("conversations_idempotency_keys_oldest_age_seconds",
                "Age of the oldest stored idempotency key (past 24 h + the purge interval: the purge lags).",
-               None if keys is None else (oldest_key_age or 0)),
+               None if keys_stored is None else (oldest_key_age or 0)),
     ]
-    length: int | None = None
+    lengths: list[int] | None = None
     lag = GaugeMetricFamily("conversations_consumer_group_lag",
-                            "Entries not yet delivered to the group.", labels=["group"])
+                            "Entries not yet delivered to the group (summed over partitions).", labels=["group"])
     pending = GaugeMetricFamily("conversations_consumer_group_pending",
-                                "Entries delivered to the group but not acknowledged.", labels=["group"])
+                                "Entries delivered to the group but not acknowledged (summed over partitions).",
+                                labels=["group"])
+    partition_lag = GaugeMetricFamily("conversations_consumer_group_partition_lag",
+                                      "Entries of a partition not yet delivered to the group.",
+                                      labels=["group", "partition"])
+    partition_pending = GaugeMetricFamily("conversations_consumer_group_partition_pending",
+                                          "Entries of a partition delivered to the group but not acknowledged.",
+                                          labels=["group", "partition"])
     try:
         async with asyncio.timeout(SCRAPE_CHECK_SECONDS):
-            length = int(await redis.xlen(stream))
-            groups = await redis.xinfo_groups(stream) if length else []
-        for group in groups:
-            lag.add_metric([str(group["name"])], float(group.get("lag") or 0))
-            pending.add_metric([str(group["name"])], float(group["pending"]))
-    except (RedisError, OSError):  # Redis down: those gauges are absent from this scrape
-        length = None
-    families += [_gauge("conversations_stream_length", "Entries in the event stream.", length), lag, pending]
+            lengths, groups = await _stream_figures(redis, keys)
+        totals: dict[str, list[float]] = {}
+        for index, found in enumerate(groups):
+            for group in found:
+                name = str(group["name"])
+                group_lag, group_pending = float(group.get("lag") or 0), float(group["pending"])
+                partition_lag.add_metric([name, str(index)], group_lag)
+                partition_pending.add_metric([name, str(index)], group_pending)
+                total = totals.setdefault(name, [0.0, 0.0])
+                total[0] += group_lag
+                total[1] += group_pending
+        for name, (group_lag, group_pending) in totals.items():
+            lag.add_metric([name], group_lag)
+            pending.add_metric([name], group_pending)
+    except (RedisError, RedisClusterException, OSError):  # Redis down: those gauges are absent from this scrape
+        lengths = None
+    families += [_gauge("conversations_stream_length", "Entries in the event stream (all partitions).",
+                        None if lengths is None else sum(lengths)),
+                 _partition_gauge("conversations_stream_partition_length", "Entries in each partition's stream key.",
+                                  list(lengths or [])),
+                 lag, pending, partition_lag, partition_pending]
     return families
 
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import msgspec
 
+from service.partitions import MAX_PARTITIONS
+
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 # A revoked token stops working within this on every replica (docs/api.md §2): the most any
 # process may remember a token's answer.
@@ -42,6 +44,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Replicas that must have an entry in their append-only file (WAITAOF) before its outbox row
     # goes: 1 or more keeps what the relay deleted on a replica that a failover promotes.
     events_waitaof_replicas: int = 0
+    # Partitions of the event stream (service/partitions.py): 1 is the single stream key EVENTS_STREAM;
+    # more spread the events, their relay leaders and their consumers (docs/scaling.md).
+    events_partitions: int = 1
+    # REDIS_URL names one node of a Redis Cluster (any of them): the client learns the others.
+    redis_cluster: bool = False
     host: str = "0.0.0.0"  # noqa: S104 - a container's server listens on every interface
     port: int = 8000
     log_level: str = "info"
@@ -127,6 +134,13 @@ def _positive_float(name: str, raw: str) -> float:
     return value
 
 
+def _partitions(name: str, raw: str) -> int:
+    value = _positive_int(name, raw)
+    if value > MAX_PARTITIONS:
+        raise SettingsError(f"{name} must be at most {MAX_PARTITIONS}, got {raw!r}")
+    return value
+
+
 def _port(name: str, raw: str) -> int:
     value = _non_negative_int(name, raw)
     if value > 65535:
@@ -170,6 +184,8 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "EVENTS_HARD_MAXLEN": ("events_hard_maxlen", _positive_int),
     "EVENTS_REQUIRE_DURABLE": ("events_require_durable", _boolean),
     "EVENTS_WAITAOF_REPLICAS": ("events_waitaof_replicas", _non_negative_int),
+    "EVENTS_PARTITIONS": ("events_partitions", _partitions),
+    "REDIS_CLUSTER": ("redis_cluster", _boolean),
     "HOST": ("host", _text),
     "PORT": ("port", _port),
     "LOG_LEVEL": ("log_level", _log_level),

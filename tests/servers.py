@@ -136,3 +136,84 @@ class ServiceProcess:
             self.signal(signal.SIGKILL)
             self.process.wait(5)
             raise
+
+
+class LocalCluster:
+    """A Redis Cluster of `masters` redis-server 7.0 nodes (and `replicas` per master) on private
+    loopback ports, no persistence, each node's files in its own directory under `directory`.
+
+    `node_timeout_ms` is how long a master may be unreachable before its replica is promoted.
+    """
+
+    def __init__(self, directory: Path, *, masters: int = 3, replicas: int = 0, node_timeout_ms: int = 1000) -> None:
+        self.directory = directory
+        self.replicas = replicas
+        self.nodes: list[RedisServer] = []
+        for n in range(masters * (1 + replicas)):
+            node_directory = directory / f"node{n}"
+            node_directory.mkdir(parents=True)
+            # The bus port too is a free one (by default it is the port + 10000, which may be taken or past 65535).
+            self.nodes.append(RedisServer(node_directory, appendonly=False, extra=(
+                "--cluster-enabled", "yes", "--cluster-config-file", str(node_directory / "nodes.conf"),
+                "--cluster-port", str(free_port()), "--cluster-node-timeout", str(node_timeout_ms),
+                # A replica's first sync starts at once (by default a master waits 5 s for more replicas).
+                "--repl-diskless-sync-delay", "0")))
+
+    @property
+    def url(self) -> str:
+        """A seed node's URL (REDIS_URL with REDIS_CLUSTER=true): the first node still running."""
+        return next(node.url for node in self.nodes if node.process is not None)
+
+    def cli(self, *args: str, port: int | None = None) -> str:
+        port = port if port is not None else next(node.port for node in self.nodes if node.process is not None)
+        return subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(port), *args], capture_output=True,
+                              text=True, timeout=30, check=True).stdout
+
+    def is_ok(self) -> bool:
+        """Whether every running node says the cluster is ok, with every slot served."""
+        for node in self.nodes:
+            if node.process is None:
+                continue
+            info = self.cli("cluster", "info", port=node.port)
+            if "cluster_state:ok" not in info or "cluster_slots_ok:16384" not in info:
+                return False
+        return True
+
+    def start(self) -> LocalCluster:
+        try:
+            for node in self.nodes:
+                node.start()
+        except BaseException:
+            self.stop()
+            raise
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        subprocess.run(["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", str(self.replicas),
+                        "--cluster-yes"], capture_output=True, text=True, timeout=60, check=True)
+        wait_until(self.is_ok, 30, "the cluster did not become ok")
+        wait_until(self._replicas_synced, 30, "the replicas did not sync with their masters")
+        return self
+
+    def _replicas_synced(self) -> bool:
+        """Whether every replica has finished its first sync (only then can it be promoted)."""
+        for node in self.nodes:
+            info = self.cli("info", "replication", port=node.port)
+            if "role:slave" in info and "master_link_status:up" not in info:
+                return False
+        return True
+
+    def masters(self) -> dict[int, tuple[int, int]]:
+        """port -> (first slot, last slot) of each master serving slots (one range each, as created)."""
+        owners: dict[int, tuple[int, int]] = {}
+        for line in self.cli("cluster", "nodes").splitlines():
+            fields = line.split()
+            if "master" in fields[2] and "fail" not in fields[2] and len(fields) > 8:
+                first, _, last = fields[8].partition("-")
+                owners[int(fields[1].split(":")[1].split("@")[0])] = (int(first), int(last or first))
+        return owners
+
+    def node(self, port: int) -> RedisServer:
+        return next(node for node in self.nodes if node.port == port)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()

@@ -7,6 +7,13 @@ entries that other consumers left pending too long (XAUTOCLAIM, walked until its
 back to 0-0), logs as lost any ids XAUTOCLAIM reports deleted (trimmed while pending), and
 moves an entry delivered more than --max-deliveries times to `<stream>:dead`, acknowledging it,
 so one poison entry cannot stall the group. Never touches PostgreSQL.
+
+With EVENTS_PARTITIONS > 1 it runs one such reader per partition's stream key (all of them, or
+those --partitions names), each with the group of that name on its key, so a group can be spread
+over processes that each take some partitions (`--partitions 0-7` here, `8-15` there); --count
+then counts the events of all of them. Each partition's dead-letter stream is its key + `:dead`,
+which shares the key's hash tag, so the move is one MULTI on one cluster slot; with a single
+partition on a cluster (no hash tag) it is an XADD, then the XACK.
 """
 
 from __future__ import annotations
@@ -22,10 +29,12 @@ from typing import TextIO
 
 import msgspec
 import redis.asyncio as aioredis
+from redis.crc import key_slot
 from redis.exceptions import ResponseError
 
-from service.events.redis_client import create_redis
+from service.events.redis_client import StreamNodes, create_redis
 from service.model import ConversationEvent, decode_entry
+from service.partitions import dead_letter_key, stream_keys
 from service.settings import Settings
 
 logger = logging.getLogger("service.events.consumer")
@@ -43,27 +52,48 @@ class TailOptions(msgspec.Struct, kw_only=True):
     max_deliveries: int = 5
     claim_idle_ms: int = 60_000
     count: int | None = None  # stop after this many printed events (None: run until cancelled)
+    partitions: list[int] | None = None  # the partitions to read (None: every one)
 
 
 class TailedEvent(ConversationEvent, kw_only=True):
     """A printed line: the event's fields, decoded, and the id of the stream entry it came in."""
 
     stream_id: str
+    partition: int  # required, so that it is printed even when 0 (the Struct omits defaults)
+
+
+class Tally:
+    """Events printed by every reader of one `events tail`, against its --count."""
+
+    def __init__(self, count: int | None) -> None:
+        self.count = count
+        self.printed = 0
+
+    def done(self) -> bool:
+        return self.count is not None and self.printed >= self.count
 
 
 class Tail:
-    """One consumer of one group; `run()` prints events until `count` is reached or it is cancelled."""
+    """One consumer of one group on one stream key; `run()` prints events until the count is reached or it
+    is cancelled."""
 
-    def __init__(self, redis: aioredis.Redis, stream: str, options: TailOptions, out: TextIO) -> None:
+    def __init__(self, redis: aioredis.Redis, stream: str, options: TailOptions, out: TextIO, *,
+                 partition: int = 0, tally: Tally | None = None, atomic_dead_letter: bool = True) -> None:
         self.redis = redis
         self.stream = stream
-        self.dead_letter_stream = stream + ":dead"
+        self.partition = partition
+        self.dead_letter_stream = dead_letter_key(stream)
         self.options = options
         self.consumer = options.consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.out = out
-        self.printed = 0
+        self.tally = tally or Tally(options.count)
         self.dead_lettered = 0
         self.lost: list[str] = []
+        self._atomic_dead_letter = atomic_dead_letter
+
+    @property
+    def printed(self) -> int:
+        return self.tally.printed
 
     async def ensure_group(self) -> None:
         try:
@@ -74,7 +104,7 @@ class Tail:
                 raise
 
     def _done(self) -> bool:
-        return self.options.count is not None and self.printed >= self.options.count
+        return self.tally.done()
 
     async def run(self) -> None:
         await self.ensure_group()
@@ -140,14 +170,14 @@ class Tail:
             # delivered --max-deliveries times.
             logger.error("entry %s is not a valid event (%s); leaving it pending", entry_id, error)
             return
-        line = TailedEvent(**msgspec.structs.asdict(event), stream_id=entry_id)
+        line = TailedEvent(**msgspec.structs.asdict(event), stream_id=entry_id, partition=self.partition)
         self.out.write(_encode(line).decode() + "\n")
         self.out.flush()
         await self.redis.xack(self.stream, self.options.group, entry_id)
-        self.printed += 1
+        self.tally.printed += 1
 
     async def _dead_letter(self, entry_id: str, fields: dict[str, str], deliveries: int) -> None:
-        pipe = self.redis.pipeline(transaction=True)
+        pipe = self.redis.pipeline(transaction=self._atomic_dead_letter)
         pipe.xadd(self.dead_letter_stream, {**fields, "dead_letter_of": entry_id, "group": self.options.group,
                                             "deliveries": str(deliveries)})
         pipe.xack(self.stream, self.options.group, entry_id)
@@ -159,8 +189,18 @@ class Tail:
 async def tail(settings: Settings, options: TailOptions, out: TextIO | None = None) -> int:
     """Run `events tail` until --count events are printed, or SIGTERM / SIGINT arrives."""
     # The socket timeout must outlast the blocking read (redis-py would time it out otherwise).
-    redis = create_redis(settings, timeout=BLOCK_MS / 1000 + settings.redis_timeout)
-    reader = asyncio.create_task(Tail(redis, settings.events_stream, options, out or sys.stdout).run())
+    timeout = BLOCK_MS / 1000 + settings.redis_timeout
+    redis = create_redis(settings, timeout=timeout)
+    # In a cluster each reader talks to the master of its key through a plain client (blocking reads
+    # of several keys at once on one cluster client proved unreliable); an outage ends the command.
+    nodes = StreamNodes(redis, timeout)
+    keys = stream_keys(settings.events_stream, settings.events_partitions)
+    chosen = range(len(keys)) if options.partitions is None else options.partitions
+    tally = Tally(options.count)
+    readers = [Tail(await nodes.client_for(keys[index]), keys[index], options, out or sys.stdout, partition=index,
+                    tally=tally, atomic_dead_letter=_one_slot(keys[index]) or not nodes.is_cluster)
+               for index in chosen]
+    reader = asyncio.create_task(_read_all(readers))
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         # As PID 1 in a container there is no default SIGTERM action: stop on it ourselves.
@@ -172,5 +212,28 @@ async def tail(settings: Settings, options: TailOptions, out: TextIO | None = No
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+        await nodes.aclose()
         await redis.aclose()
     return 0
+
+
+def _one_slot(key: str) -> bool:
+    """Whether a key and its dead-letter stream share a cluster slot, so that MULTI may move an entry."""
+    return key_slot(key.encode()) == key_slot(dead_letter_key(key).encode())
+
+
+async def _read_all(readers: list[Tail]) -> None:
+    """Every reader at once, until the count is reached (the others are then stopped) or one fails."""
+    tasks = [asyncio.create_task(reader.run(), name=f"tail-{reader.stream}") for reader in readers]
+    try:
+        pending: set[asyncio.Task[None]] = set(tasks)
+        while pending:
+            finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in finished:
+                task.result()  # a failed reader ends the command with its error
+            if readers[0].tally.done():
+                return
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

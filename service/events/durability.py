@@ -10,9 +10,12 @@ events, and with EVENTS_REQUIRE_DURABLE it publishes nothing (`hold_reason`).
 from __future__ import annotations
 
 import enum
+import logging
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
+
+logger = logging.getLogger("service.events.publisher")
 
 
 class Durability(enum.Enum):
@@ -67,3 +70,22 @@ def hold_reason(durability: Durability | None, *, require_durable: bool, replica
         return (f"EVENTS_REQUIRE_DURABLE is on and EVENTS_WAITAOF_REPLICAS is {replicas}, but Redis durability "
                 f"is {durability.value}: only WAITAOF (Redis 7.2+ with appendonly) confirms replicas")
     return None
+
+
+class Warner:
+    """Warns once per process that published events are not crash-safe, whichever partition finds out first."""
+
+    def __init__(self) -> None:
+        self._warned = False
+
+    def note(self, durability: Durability) -> None:
+        if not durability.is_crash_safe and not self._warned:
+            self._warned = True
+            logger.warning("Redis durability is %r: published events are not crash-safe in Redis "
+                           "(turn on appendonly, with Redis 7.2+ or appendfsync always)", durability.value)
+
+
+def weakest(modes: list[Durability]) -> Durability | None:
+    """The least crash-safe of `modes` (None if there are none)."""
+    order = list(Durability)
+    return max(modes, key=order.index) if modes else None

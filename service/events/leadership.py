@@ -1,12 +1,16 @@
-"""The relay's own PostgreSQL session, which carries the stream's publisher lock.
+"""The relay's own PostgreSQL sessions: one that counts the process among the live relays, and one
+per partition it leads, which carries that partition's publisher lock.
 
-One publisher per stream: every process runs a relay, and only the holder of a session-level
-advisory lock keyed by the stream's name publishes (outbox.try_lock_stream). The lock lives on
-this dedicated connection from RELAY_DATABASE_URL, never a pooled one (a pool's reset and
+One publisher per partition: every process runs a relay, and only the holder of a session-level
+advisory lock keyed by the partition's stream key publishes it (outbox.try_lock_stream). Each lock
+lives on a dedicated connection from RELAY_DATABASE_URL, never a pooled one (a pool's reset and
 release would drop it), so the lock's lifetime is the session's: it is freed when the leader
 process dies (the server sees the socket close) and, through the server-side TCP keepalives
 below, when the leader's host or network dies. The same session LISTENs for the writers'
-NOTIFY and runs the batch queries, so a dead session stops a batch before anything is published.
+NOTIFY and runs the partition's batch queries, so a dead session stops a batch before anything is
+published. The membership session (outbox.join_relays) ends the same ways, so the count of live
+relays, by which a process takes its share of the partitions (relay.py), forgets a dead process
+as quickly as its locks are freed.
 """
 
 from __future__ import annotations
@@ -30,8 +34,13 @@ KEEPALIVE_SETTINGS = {
 CLOSE_SECONDS = 2.0
 
 
-async def open_session(settings: Settings, on_notify: Callable[..., None]) -> asyncpg.Connection:
-    """A new session, listening for the writers' notifications."""
+LEADER_APPLICATION_NAME = "conversations-relay"
+MEMBER_APPLICATION_NAME = "conversations-relay-member"  # pg_stat_activity tells the two kinds apart
+
+
+async def open_session(settings: Settings, on_notify: Callable[..., None] | None,
+                       application_name: str = LEADER_APPLICATION_NAME) -> asyncpg.Connection:
+    """A new session, listening for the writers' notifications if `on_notify` is given."""
     connection = await asyncpg.connect(
         settings.relay_url,
         timeout=settings.db_connect_timeout,
@@ -39,10 +48,15 @@ async def open_session(settings: Settings, on_notify: Callable[..., None]) -> as
         # Its moves commit durably (the server's default, stated here so no configuration turns it
         # off): a moved row is a feed position a client may have read, and a move lost in a crash
         # would move its rows again in a later batch, behind that client's cursor.
-        server_settings={"application_name": "conversations-relay", "synchronous_commit": "on",
+        server_settings={"application_name": application_name, "synchronous_commit": "on",
                          **KEEPALIVE_SETTINGS},
     )
-    await connection.add_listener(outbox.CHANNEL, on_notify)
+    if on_notify is not None:
+        try:
+            await connection.add_listener(outbox.CHANNEL, on_notify)
+        except BaseException:
+            connection.terminate()
+            raise
     return connection
 
 

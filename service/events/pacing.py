@@ -33,10 +33,11 @@ async def wait_for(event: asyncio.Event, seconds: float) -> None:
 
 
 class Pacer:
-    """The leader's rhythm between batches, for one stream."""
+    """The leader's rhythm between batches, for one partition of a stream."""
 
-    def __init__(self, stream: str) -> None:
+    def __init__(self, stream: str, partition: int = 0) -> None:
         self._stream = stream
+        self._partition = partition
         self.woken = asyncio.Event()  # set by a NOTIFY, or by a stop
         self._polling = False
         self._quiet_polls = 0
@@ -47,7 +48,7 @@ class Pacer:
     async def start_listening(self, connection: asyncpg.Connection) -> None:
         """On taking leadership: writers notify, and the loop waits for them."""
         self._polling = False
-        await outbox.set_writers_notify(connection, self._stream, True)
+        await outbox.set_writers_notify(connection, self._stream, self._partition, True)
 
     def before_fetch(self) -> None:
         """Cleared before the batch query, so a NOTIFY for a row the query misses still wakes us."""
@@ -59,7 +60,7 @@ class Pacer:
             self._quiet_polls = 0
             if not self._polling:
                 self._polling = True
-                await outbox.set_writers_notify(connection, self._stream, False)
+                await outbox.set_writers_notify(connection, self._stream, self._partition, False)
             await asyncio.sleep(POLL_SECONDS)
             return
         if self._polling:
@@ -68,6 +69,6 @@ class Pacer:
                 await asyncio.sleep(POLL_SECONDS)
                 return
             self._polling = False
-            await outbox.set_writers_notify(connection, self._stream, True)
+            await outbox.set_writers_notify(connection, self._stream, self._partition, True)
             return  # fetch once more before waiting
         await wait_for(self.woken, SWEEP_SECONDS)

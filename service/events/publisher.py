@@ -17,9 +17,9 @@ import asyncpg
 import redis.asyncio as aioredis
 from hiredis import pack_command
 
-from service.events.durability import Durability, detect_durability
+from service.events.durability import Durability, Warner, detect_durability
 from service.events.stats import RelayStats
-from service.metrics import EVENTS_PUBLISHED
+from service.metrics import EVENTS_PUBLISHED, EVENTS_PUBLISHED_BY_PARTITION
 from service.store import outbox
 
 logger = logging.getLogger("service.events.publisher")
@@ -39,14 +39,21 @@ class Publisher:
     """XADDs batches of outbox rows to one stream; learns the server's durability once per connection."""
 
     def __init__(self, redis: aioredis.Redis, stream: str, timeout: float, stats: RelayStats,
-                 replicas: int = 0) -> None:
+                 replicas: int = 0, partition: int = 0, warner: Warner | None = None) -> None:
         self._redis = redis
         self._stream = stream
+        self._partition = str(partition)
         self._timeout = timeout
         self._stats = stats
         self._replicas = replicas  # EVENTS_WAITAOF_REPLICAS: replicas whose fsync WAITAOF waits for
         self._waitaof_ms = WAITAOF_REPLICAS_TIMEOUT_MS if replicas else WAITAOF_TIMEOUT_MS
-        self._warned = False
+        self._warner = warner or Warner()
+
+    def retarget(self, redis: aioredis.Redis) -> None:
+        """Publish through `redis` from now on (the node that serves the stream now): its durability is asked anew."""
+        if redis is not self._redis:
+            self._redis = redis
+            self._stats.durability = None
 
     async def publish(self, rows: list[asyncpg.Record]) -> None:
         """Every row's entry on the stream, persisted as far as the server can say; raises otherwise."""
@@ -63,6 +70,7 @@ class Publisher:
                                    f"{self._replicas} replica(s) in {self._waitaof_ms} ms")
         self._stats.events_published += len(rows)
         EVENTS_PUBLISHED.inc(len(rows))
+        EVENTS_PUBLISHED_BY_PARTITION.labels(self._partition).inc(len(rows))
         self._stats.last_publish_at = time.time()
         if self._stats.redis_failing_since is not None:
             logger.info("Redis is back; the relay is publishing again")
@@ -88,11 +96,7 @@ class Publisher:
         """What the server offers, asked once per connection to Redis (after each failure, or on `refresh`)."""
         if refresh or self._stats.durability is None:
             self._stats.durability = durability = await detect_durability(self._redis)
-            if not durability.is_crash_safe and not self._warned:
-                self._warned = True
-                logger.warning(
-                    "Redis durability is %r: published events are not crash-safe in Redis "
-                    "(turn on appendonly, with Redis 7.2+ or appendfsync always)", durability.value)
+            self._warner.note(durability)
         return self._stats.durability
 
     def note_failure(self, error: BaseException) -> None:

@@ -1,30 +1,34 @@
-"""The outbox relay: moves committed events from the outbox to the Redis stream.
+"""The outbox relay of one partition: moves its committed events from the outbox to its stream key.
 
-Invariants (docs/api.md, "Events"):
+Invariants (docs/api.md, "Events"), per partition (service/partitions.py; with one partition, the
+stream itself):
 
-* One publisher per stream: the holder of the stream's lock (leadership.py); the others try
-  the lock every FOLLOWER_POLL_SECONDS.
+* One publisher per partition: the holder of the partition's lock (leadership.py), taken by the
+  process whose coordinator (coordinator.py) chose it; a released leader finishes the batch in
+  hand, then ends its session and with it the lock, so the next leader starts after its last move.
 * A row leaves the outbox only after Redis acknowledged its XADD and, where the server can say
-  so, persisted it (publisher.py); each published row is moved into the feed's event log by its
-  own position, never up to a high-water mark (positions are not assigned in commit order).
+  so, persisted it (publisher.py, on the node that owns the partition's key); each published row
+  is moved into the feed's event log by its own position, never up to a high-water mark
+  (positions are not assigned in commit order).
 * Per-conversation order: a conversation's outbox rows are inserted after its row lock, so
-  their positions follow commit order, and a batch is published in position order. A crash
-  between XADD and the move publishes the batch again: duplicates with the same id and sequence.
-* Redis down: writes keep landing in the outbox; the relay backs off (bounded, exponential,
-  logged once per outage) and drains the backlog when Redis returns. PostgreSQL down: the same.
-* Stop: after the server stopped taking requests, the leader (or a process that can take the
-  lock) publishes what is committed within the flush deadline, then ends its session. A
-  follower does not leave its own last events to the next start: every write of this process
-  has committed by then, so each of its rows is at or below the outbox's highest position; the
-  follower waits until no row up to that mark is left (the leader published them), or takes the
-  lock when the leader lets it go (which a leader that is stopping too does at its own flush
-  deadline) and publishes them itself, within its flush deadline.
-* EVENTS_REQUIRE_DURABLE: while Redis cannot confirm that an entry survives its crash
-  (durability.hold_reason), the leader publishes nothing, asks Redis again every
+  their positions follow commit order, all of them in its one partition, and a batch is
+  published in position order. A crash between XADD and the move publishes the batch again:
+  duplicates with the same id and sequence.
+* Redis down (or a cluster failing over): writes keep landing in the outbox; the leader backs off
+  (bounded, exponential, logged once per outage), asks a cluster for its slot map again, and
+  drains the backlog when Redis returns. PostgreSQL down: the session fails, the leader ends, and
+  the coordinator takes the partition again once it can.
+* Stop: the leader publishes what is committed within the flush deadline, then ends its session.
+* EVENTS_REQUIRE_DURABLE: while the partition's Redis node cannot confirm that an entry survives
+  its crash (durability.hold_reason), the leader publishes nothing, asks again every
   HOLD_RECHECK_SECONDS, and resumes by itself once it can; the events wait in the outbox.
+* Strays: rows recorded under a partition at or above this relay's count (written by a process
+  configured with more partitions, during a change of EVENTS_PARTITIONS) have no leader of their
+  own; the leader of their partition modulo the count publishes them, at most once a
+  STRAY_CHECK_SECONDS, so none is left behind.
 
 Between batches the pacer decides when to fetch again (pacing.py); retention runs at most once
-a TRIM_INTERVAL_SECONDS (retention.py).
+a TRIM_INTERVAL_SECONDS, the first one an interval after taking the partition (retention.py).
 """
 
 from __future__ import annotations
@@ -35,96 +39,120 @@ import logging
 import time
 
 import asyncpg
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
-from service.events.durability import hold_reason
+from service.events.backoff import Backoff
+from service.events.durability import Warner, hold_reason
 from service.events.leadership import close_session, open_session
-from service.events.pacing import Pacer, wait_for
+from service.events.pacing import Pacer
 from service.events.publisher import NotPersisted, Publisher
+from service.events.redis_client import REDIS_FAILURES, StreamNodes
 from service.events.retention import Retention
 from service.events.stats import RelayStats
 from service.settings import Settings
 from service.store import event_log, outbox
-from service.store.database import is_unavailable
 
 logger = logging.getLogger("service.events.relay")
 
 BATCH_SIZE = 500
-FOLLOWER_POLL_SECONDS = 1.0
-STOPPING_FOLLOWER_POLL_SECONDS = 0.05
 TRIM_INTERVAL_SECONDS = 1.0
-BACKOFF_FIRST_SECONDS = 0.05
-BACKOFF_MAX_SECONDS = 5.0
 HOLD_RECHECK_SECONDS = 1.0
+STRAY_CHECK_SECONDS = 1.0
 
 
-class _Backoff:
-    """Bounded exponential delays, reset by the first success."""
+class PartitionLeader:
+    """Partition `partition`'s leader in this process: `take()` its lock, then `start()` publishing."""
 
-    def __init__(self) -> None:
-        self._next = BACKOFF_FIRST_SECONDS
-
-    def next_delay(self) -> float:
-        delay = self._next
-        self._next = min(self._next * 2, BACKOFF_MAX_SECONDS)
-        return delay
-
-    def reset(self) -> None:
-        self._next = BACKOFF_FIRST_SECONDS
-
-
-class Relay:
-    """One process's relay task: its session, leadership of the stream, and the publish loop."""
-
-    def __init__(self, settings: Settings, redis: aioredis.Redis) -> None:
+    def __init__(self, settings: Settings, partition: int, key: str, nodes: StreamNodes, stats: RelayStats,
+                 warner: Warner) -> None:
+        self.partition = partition
+        self.key = key
+        self.stats = stats
+        self.failure: BaseException | None = None  # why the session ended, if it failed
         self._settings = settings
         self._stream = settings.events_stream
-        self.stats = RelayStats()
-        self._publisher = Publisher(redis, self._stream, settings.redis_timeout, self.stats,
-                                    settings.events_waitaof_replicas)
-        self._retention = Retention(redis, self._stream, settings.events_maxlen, settings.events_hard_maxlen,
-                                    self.stats)
-        self._pacer = Pacer(self._stream)
-        self._stop_requested = asyncio.Event()
+        self._partitions = settings.events_partitions
+        self._nodes = nodes
+        self._warner = warner
+        self._publisher: Publisher | None = None
+        self._retention: Retention | None = None
+        self._pacer = Pacer(self._stream, partition)
+        self._connection: asyncpg.Connection | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._released = False
         self._stopping = False
         self._flush_deadline = 0.0
-        self._task: asyncio.Task[None] | None = None
-        self._connection: asyncpg.Connection | None = None
-        self._last_trim = 0.0
         self._holding = False
+        self._last_trim = 0.0
+        self._last_stray_check = 0.0
 
     # ------------------------------------------------------------------------------ lifecycle
 
-    def hold_reason(self) -> str | None:
-        """Why events stay in the outbox although Redis answers (EVENTS_REQUIRE_DURABLE), or None."""
-        return hold_reason(self.stats.durability, require_durable=self._settings.events_require_durable,
-                           replicas=self._settings.events_waitaof_replicas)
+    async def take(self) -> bool:
+        """Open a session and take the partition's lock; False (and the session closed) if another holds it."""
+        connection = await open_session(self._settings, self._pacer.on_notify)
+        try:
+            if not await outbox.try_lock_stream(connection, self.key):
+                await close_session(connection, graceful=True)
+                return False
+            await self._pacer.start_listening(connection)
+        except BaseException:
+            await close_session(connection, graceful=False)
+            raise
+        self._connection = connection
+        self.stats.is_leader = True
+        # Leadership often begins as writes arrive (a process starting): the first batches go out before
+        # the first retention pass, as they did with one leader per stream.
+        self._last_trim = time.monotonic()
+        logger.info("this process now publishes stream %s", self.key)
+        return True
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="outbox-relay")
+        self._task = asyncio.create_task(self._run(), name=f"outbox-relay-{self.partition}")
 
-    async def stop(self, flush_seconds: float) -> None:
-        """Publish what is committed (as leader, or by taking over), then release the lock.
+    @property
+    def released(self) -> bool:
+        return self._released
 
-        Called after the server stopped taking requests, so every write that will ever come
-        from this process is already in the outbox.
-        """
+    @property
+    def done(self) -> bool:
+        return self._task is None or self._task.done()
+
+    def release(self) -> None:
+        """Hand the partition back: finish the batch in hand, then end the session."""
+        self._released = True
+        self._pacer.woken.set()
+
+    def stop(self, flush_deadline: float) -> None:
+        """Publish what is committed until the outbox's partition is drained or `flush_deadline` passes."""
+        self._stopping = True
+        self._flush_deadline = flush_deadline
+        self._pacer.woken.set()
+
+    async def wait(self, seconds: float) -> None:
+        """Until the leader has ended its session; cancelled after `seconds`."""
         if self._task is None:
             return
-        self._stopping = True
-        self._flush_deadline = time.monotonic() + flush_seconds
-        self._stop_requested.set()
-        self._pacer.woken.set()
         try:
-            await asyncio.wait_for(asyncio.shield(self._task), timeout=flush_seconds + 1.0)
+            await asyncio.wait_for(asyncio.shield(self._task), timeout=max(seconds, 0.0))
         except TimeoutError:
-            logger.warning("relay did not finish flushing within %.1f s; the rest stays in the outbox",
-                           flush_seconds)
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self._end_session(graceful=True)
+
+    async def _run(self) -> None:
+        try:
+            await self._lead(self._connection)
+        except Exception as error:  # the session failed (PostgreSQL), or something unforeseen
+            self.failure = error
+            await self._end_session(graceful=False)
+            return
+        await self._end_session(graceful=True)
+
+    async def _end_session(self, *, graceful: bool) -> None:
+        connection, self._connection = self._connection, None
+        self.stats.is_leader = False
+        await close_session(connection, graceful=graceful)
 
     def _flushing_time_left(self) -> bool:
         return time.monotonic() < self._flush_deadline
@@ -135,94 +163,44 @@ class Relay:
             seconds = min(seconds, max(0.0, self._flush_deadline - time.monotonic()))
         await asyncio.sleep(seconds)
 
-    async def _end_session(self, *, graceful: bool) -> None:
-        connection, self._connection = self._connection, None
-        self.stats.is_leader = False
-        await close_session(connection, graceful=graceful)
+    # ------------------------------------------------------------------------- publishing
 
-    # ------------------------------------------------------------------------- the session
+    def hold_reason(self) -> str | None:
+        return hold_reason(self.stats.durability, require_durable=self._settings.events_require_durable,
+                           replicas=self._settings.events_waitaof_replicas)
 
-    async def _run(self) -> None:
-        """Serve a session; after a failure, a new one with bounded backoff."""
-        backoff = _Backoff()
-        while not self._stopping or (self.stats.is_leader and self._flushing_time_left()):
-            try:
-                await self._serve()
-                return
-            except Exception as error:
-                await self._end_session(graceful=False)
-                if self.stats.database_failing_since is None:
-                    backoff.reset()  # a new outage: start again from the shortest delay
-                if not (is_unavailable(error) or isinstance(error, asyncpg.PostgresError)):
-                    logger.exception("relay failed unexpectedly; restarting it")
-                elif self.stats.database_failing_since is None:
-                    logger.warning("relay lost PostgreSQL (%s); retrying with backoff", type(error).__name__)
-                if self.stats.database_failing_since is None:
-                    self.stats.database_failing_since = time.monotonic()
-                if self._stopping:
-                    return
-                await self._sleep(backoff.next_delay())
-
-    async def _serve(self) -> None:
-        """Follow until the lock is ours, then lead, on one session; returns once stopped."""
-        connection = self._connection = await open_session(self._settings, self._pacer.on_notify)
-        if self.stats.database_failing_since is not None:
-            logger.info("relay reconnected to PostgreSQL")
-            self.stats.database_failing_since = None
-        stop_mark: int | None = None
-        while not self.stats.is_leader:
-            if await self._take_leadership(connection):
-                break
-            if self._stopping:
-                if stop_mark is None:
-                    stop_mark = await outbox.fetch_last_position(connection, self._stream)
-                if stop_mark is None or not await outbox.has_rows_up_to(connection, self._stream, stop_mark):
-                    return  # nothing of ours is left to publish
-                if not self._flushing_time_left():
-                    logger.warning("stopping with events still in the outbox: the leader did not publish them and "
-                                   "did not let go of the stream in time; the next relay to lead publishes them")
-                    return
-                await asyncio.sleep(STOPPING_FOLLOWER_POLL_SECONDS)
-                continue
-            await self._learn_durability()
-            # Followers ignore NOTIFY: only a stop, or the poll interval, ends the wait.
-            await wait_for(self._stop_requested, FOLLOWER_POLL_SECONDS)
-        await self._lead(connection)
-
-    async def _take_leadership(self, connection: asyncpg.Connection) -> bool:
-        if not await outbox.try_lock_stream(connection, self._stream):
-            return False
-        self.stats.is_leader = True
-        await self._pacer.start_listening(connection)
-        logger.info("this process now publishes stream %s", self._stream)
-        await self._learn_durability()
-        return True
-
-    async def _learn_durability(self) -> None:
-        """Ask (and warn about) Redis's durability now, so /ready can say it; if Redis is down, later.
-
-        A follower asks at every poll (it holds no connection state that a failure would reset).
-        """
-        with contextlib.suppress(RedisError, OSError, TimeoutError):
-            async with asyncio.timeout(self._settings.redis_timeout):
-                await self._publisher.durability(refresh=not self.stats.is_leader)
-
-    # ------------------------------------------------------------------------- the leader
+    async def _route(self) -> Publisher:
+        """The publisher, through the node that serves the partition's key now."""
+        client = await self._nodes.client_for(self.key)
+        if self._publisher is None or self._retention is None:
+            self._publisher = Publisher(client, self.key, self._settings.redis_timeout, self.stats,
+                                        self._settings.events_waitaof_replicas, self.partition, self._warner)
+            self._retention = Retention(client, self.key, self._settings.events_maxlen,
+                                        self._settings.events_hard_maxlen, self.stats)
+        else:
+            self._publisher.retarget(client)
+            self._retention.retarget(client)
+        return self._publisher
 
     async def _lead(self, connection: asyncpg.Connection) -> None:
-        """Publish batch after batch until stopped and drained (or out of flush time)."""
-        redis_backoff = _Backoff()
-        while True:
+        """Publish batch after batch until released, or stopped and drained (or out of flush time)."""
+        redis_backoff = Backoff()
+        while not (self._released and not self._stopping):
             self._pacer.before_fetch()
             try:
-                if await self._must_hold():
+                publisher = await self._route()
+                if await self._must_hold(publisher):
                     if self._stopping:
                         return  # they wait in the outbox for a leader whose Redis is crash-safe
                     await self._sleep(HOLD_RECHECK_SECONDS)
                     continue
-                published = await self._publish_batch(connection)
-            except (RedisError, OSError, NotPersisted) as error:
-                self._publisher.note_failure(error)
+                await self._publish_strays(connection, publisher)
+                published = await self._publish_batch(connection, publisher)
+            except (*REDIS_FAILURES, NotPersisted) as error:
+                if self._publisher is not None:
+                    self._publisher.note_failure(error)
+                with contextlib.suppress(*REDIS_FAILURES):
+                    await self._nodes.refresh()  # a cluster may have moved the slot (failover)
                 if self._stopping and not self._flushing_time_left():
                     return
                 await self._sleep(redis_backoff.next_delay())
@@ -232,36 +210,50 @@ class Relay:
             if published == BATCH_SIZE:
                 continue  # more are waiting
             if self._stopping:
-                return  # the outbox is drained
+                return  # the partition is drained
             await self._pacer.after_batch(connection, published)
 
-    async def _must_hold(self) -> bool:
+    async def _must_hold(self, publisher: Publisher) -> bool:
         """Whether EVENTS_REQUIRE_DURABLE keeps events in the outbox now (Redis is asked again while it does)."""
-        await self._publisher.durability(refresh=self._holding)
+        await publisher.durability(refresh=self._holding)
         reason = self.hold_reason()
         if (reason is not None) != self._holding:
             self._holding = reason is not None
             if reason is not None:
-                logger.warning("events stay in the outbox: %s", reason)
+                logger.warning("events of %s stay in the outbox: %s", self.key, reason)
             else:
-                logger.info("Redis is crash-safe now (%s): publishing the outbox", self.stats.durability.value)
+                logger.info("Redis is crash-safe now (%s): publishing %s", self.stats.durability.value, self.key)
         return self._holding
 
-    async def _publish_batch(self, connection: asyncpg.Connection) -> int:
-        rows = await outbox.fetch_batch(connection, self._stream, BATCH_SIZE)
+    async def _publish_batch(self, connection: asyncpg.Connection, publisher: Publisher) -> int:
+        rows = await outbox.fetch_batch(connection, self._stream, self.partition, BATCH_SIZE)
         if not rows:
             return 0
-        await self._publisher.publish(rows)
+        await publisher.publish(rows)
         await event_log.retire_published(connection, self._stream, [outbox.position_of(row) for row in rows])
         return len(rows)
 
+    async def _publish_strays(self, connection: asyncpg.Connection, publisher: Publisher) -> None:
+        """Rows of a larger partition count whose partition is this one modulo ours (at most once a second)."""
+        now = time.monotonic()
+        if now - self._last_stray_check < STRAY_CHECK_SECONDS and not self._stopping:
+            return
+        self._last_stray_check = now
+        while rows := await outbox.fetch_strays(connection, self._stream, self._partitions, self.partition,
+                                                 BATCH_SIZE):
+            await publisher.publish(rows)
+            await event_log.retire_published(connection, self._stream, [outbox.position_of(row) for row in rows])
+            if len(rows) < BATCH_SIZE:
+                return
+
     async def _maybe_trim(self) -> None:
         now = time.monotonic()
-        if now - self._last_trim < TRIM_INTERVAL_SECONDS:
+        if now - self._last_trim < TRIM_INTERVAL_SECONDS or self._retention is None:
             return
         self._last_trim = now
         try:
             async with asyncio.timeout(self._settings.redis_timeout * 2):
                 await self._retention.trim()
-        except (RedisError, OSError, TimeoutError) as error:
-            self._publisher.note_failure(error)
+        except REDIS_FAILURES as error:  # a TimeoutError is an OSError
+            if self._publisher is not None:
+                self._publisher.note_failure(error)

@@ -39,6 +39,10 @@ class Retention:
         self._hard_maxlen = hard_maxlen
         self._stats = stats
 
+    def retarget(self, redis: aioredis.Redis) -> None:
+        """Trim through `redis` from now on (the node that serves the stream now)."""
+        self._redis = redis
+
     async def _oldest_needed(self) -> str | None:
         """The oldest entry id some consumer group still needs (None: no group), recording their lags."""
         try:

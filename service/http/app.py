@@ -19,8 +19,8 @@ from litestar import Litestar
 
 from service import metrics
 from service.conversations import Conversations
+from service.events.coordinator import Relay
 from service.events.redis_client import create_redis
-from service.events.relay import Relay
 from service.feed import Feed
 from service.http import idempotency
 from service.http.auth import TokenAuthenticator
@@ -85,9 +85,11 @@ def _lifespan(settings: Settings, run_relay: bool) -> Callable[[Litestar], Abstr
         app.state.db = db
         app.state.relay = relay
         app.state.authenticator = TokenAuthenticator(db, settings.token_cache_seconds, settings.token_cache_size)
-        app.state.services = Services(db, Conversations(settings.events_stream), Feed(settings.events_feed_days),
+        app.state.services = Services(db, Conversations(settings.events_stream, settings.events_partitions),
+                                      Feed(settings.events_feed_days),
                                       idempotency.KeyedWriteBudget(settings.idempotency_keys_per_second))
-        app.state.status_probes = StatusProbes.create(db, settings.events_stream, probes_redis)
+        app.state.status_probes = StatusProbes.create(db, settings.events_stream, settings.events_partitions,
+                                                      probes_redis)
         if run_relay:
             relay.start()
         background = [asyncio.create_task(_sample_pool(pool), name="pool-sampler"),

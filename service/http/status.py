@@ -2,7 +2,8 @@
 
 /health says only that the process answers (no dependency checked: a load balancer must not
 take every replica out because the database blinked). /ready is 200 when PostgreSQL answers,
-503 otherwise; its body also reports Redis, the outbox backlog, the durability the relay
+503 otherwise; its body also reports Redis, the outbox backlog (in all and per partition), the
+partitions this process publishes and the relays alive, the durability the relay
 detected and why events wait in the outbox (EVENTS_REQUIRE_DURABLE), none of which fail it,
 since the API keeps working without Redis.
 
@@ -25,14 +26,14 @@ from typing import Generic, TypeVar
 
 import asyncpg
 import msgspec
-import redis.asyncio as aioredis
 from litestar import Request, get
 from litestar.response.base import ASGIResponse
 
 from service import metrics
 from service.errors import RETRY_AFTER_SECONDS
+from service.events.coordinator import Relay
 from service.events.durability import Durability
-from service.events.relay import Relay
+from service.events.redis_client import Client
 from service.model import encode_json
 from service.store import idempotency_keys, outbox
 from service.store.database import Database
@@ -61,6 +62,12 @@ class Readiness(msgspec.Struct):
     relay_is_leader: bool
     events_durability: str | None  # waitaof / fsync-always / aof-unconfirmed / none; null: not known yet
     events_held: str | None  # why events stay in the outbox although Redis answers; null: they do not
+    # The partitions of the stream (EVENTS_PARTITIONS): this process publishes `relay_partitions`, and
+    # `relay_processes` relays were alive when it last counted (null: not counted yet).
+    relay_partitions: list[int]
+    relay_processes: int | None
+    # Each partition's backlog, counted up to BACKLOG_COUNT_LIMIT (null: PostgreSQL did not answer).
+    outbox_backlog_by_partition: list[int] | None
 
 
 _HEALTHY = encode_json(Health(status="ok"))
@@ -76,18 +83,21 @@ class StoreFigures(msgspec.Struct, frozen=True):
 
     backlog: int  # counted up to BACKLOG_COUNT_LIMIT
     oldest_occurred_at: int | None
+    partition_backlogs: list[tuple[int, int | None]]  # (backlog, oldest occurred_at) per partition
     keys_stored: int
     oldest_key_age: int | None
 
 
-async def _check_postgres(db: Database, stream: str) -> StoreFigures | None:
+async def _check_postgres(db: Database, stream: str, partitions: int) -> StoreFigures | None:
     try:
         async with asyncio.timeout(READY_CHECK_SECONDS):
             connection = await db.acquire()
             try:
                 backlog, oldest = await outbox.fetch_backlog(connection, stream, BACKLOG_COUNT_LIMIT)
+                by_partition = await outbox.fetch_partition_backlogs(connection, stream, partitions,
+                                                                     BACKLOG_COUNT_LIMIT)
                 keys, oldest_key_age = await idempotency_keys.fetch_figures(connection)
-                return StoreFigures(backlog, oldest, keys, oldest_key_age)
+                return StoreFigures(backlog, oldest, by_partition, keys, oldest_key_age)
             except BaseException:
                 with contextlib.suppress(asyncpg.InterfaceError):
                     connection.terminate()  # cut short: do not wait on a server that did not answer
@@ -121,7 +131,7 @@ class SharedCheck(Generic[T]):
             self._running = None
 
 
-async def _ping(redis: aioredis.Redis) -> bool:
+async def _ping(redis: Client) -> bool:
     try:
         async with asyncio.timeout(READY_CHECK_SECONDS):
             return bool(await redis.ping())
@@ -134,11 +144,12 @@ class StatusProbes(msgspec.Struct, frozen=True):
 
     store: SharedCheck[StoreFigures | None]
     redis_ping: SharedCheck[bool]
-    redis: aioredis.Redis
+    redis: Client
 
     @classmethod
-    def create(cls, db: Database, stream: str, redis: aioredis.Redis) -> StatusProbes:
-        return cls(SharedCheck(lambda: _check_postgres(db, stream)), SharedCheck(lambda: _ping(redis)), redis)
+    def create(cls, db: Database, stream: str, partitions: int, redis: Client) -> StatusProbes:
+        return cls(SharedCheck(lambda: _check_postgres(db, stream, partitions)), SharedCheck(lambda: _ping(redis)),
+                   redis)
 
 
 @get("/ready")
@@ -160,6 +171,9 @@ async def ready(request: Request) -> ASGIResponse:
         relay_is_leader=relay.stats.is_leader,
         events_durability=None if relay.stats.durability is None else relay.stats.durability.value,
         events_held=relay.hold_reason(),
+        relay_partitions=relay.led_partitions,
+        relay_processes=relay.live_relays,
+        outbox_backlog_by_partition=None if figures is None else [count for count, _ in figures.partition_backlogs],
     )
     headers = None if figures is not None else {"Retry-After": RETRY_AFTER_SECONDS}
     return ASGIResponse(body=encode_json(report), media_type="application/json",
@@ -176,7 +190,9 @@ async def metrics_endpoint(request: Request) -> ASGIResponse:
     families = await metrics.scrape_families(
         None if figures is None else (figures.backlog, figures.oldest_occurred_at),
         None if figures is None else (figures.keys_stored, figures.oldest_key_age),
-        probes.redis, state.settings.events_stream, durability, held=relay.hold_reason() is not None)
+        probes.redis, relay.keys, durability, held=relay.hold_reason() is not None,
+        partition_backlogs=None if figures is None else figures.partition_backlogs,
+        relay_processes=relay.live_relays, partitions_led=len(relay.led_partitions))
     return ASGIResponse(body=metrics.render(families), media_type=metrics.CONTENT_TYPE)
 
 

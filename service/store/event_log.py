@@ -6,9 +6,10 @@ transaction-level advisory lock, held until commit) and draw their batch number 
 turn, so batch numbers become visible in increasing order: the rows a reader sees are always a
 prefix of the feed's order (batch, position), and a row that becomes visible later sorts after
 every row already shown. A client that continues from its last event therefore misses nothing,
-whatever commits meanwhile. One leader moves a stream's rows, batch after batch, and a
-conversation's rows in commit order, so the feed keeps each conversation's events in sequence
-order.
+whatever commits meanwhile. That holds however many leaders move at once (one per partition of
+each stream): the turn is one lock for every relay of the database, and a batch number is drawn
+only inside it. A conversation's rows belong to one partition, whose one leader moves them batch
+after batch in commit order, so the feed keeps each conversation's events in sequence order.
 
 The log is partitioned by week of `occurred_at`; `maintain` (run by migrate, then by each process
 at start and hourly) creates the coming weeks' partitions and drops those past the window, so
@@ -42,15 +43,17 @@ CLOCK_SLACK_SECONDS = 3600
 
 _COLUMNS = ", ".join(outbox.COLUMNS)
 
+_MOVED = (*outbox.KEY_COLUMNS, *outbox.COLUMNS)
+# The DELETE walks conversation_outbox_pkey (stream, position).
 RETIRE_PUBLISHED = f"""
 WITH published AS (
     DELETE FROM conversation_outbox WHERE stream = $1 AND position = ANY($2::bigint[])
-    RETURNING stream, position, {_COLUMNS}
+    RETURNING {", ".join(_MOVED)}
 ), turn AS (
     SELECT nextval('event_log_batch_seq') AS batch FROM (SELECT pg_advisory_xact_lock({MOVE_LOCK_KEY})) AS queued
 )
-INSERT INTO event_log (batch, stream, position, {_COLUMNS})
-SELECT turn.batch, published.stream, published.position, {", ".join(f"published.{c}" for c in outbox.COLUMNS)}
+INSERT INTO event_log (batch, {", ".join(_MOVED)})
+SELECT turn.batch, {", ".join(f"published.{c}" for c in _MOVED)}
 FROM published, turn
 """
 
@@ -136,6 +139,37 @@ async def fetch_event(db: Executor, account_id: str, event_id: str, around_secon
 
 
 # ------------------------------------------------------------------------------- maintenance
+
+# The outbox's columns the log lacks (LIKE copied the outbox's columns when the log was created),
+# with each one's type, default and nullability as the outbox has them.
+SELECT_COLUMNS_TO_ADOPT = """
+SELECT a.attname, format_type(a.atttypid, a.atttypmod), pg_get_expr(d.adbin, d.adrelid), a.attnotnull
+FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+WHERE a.attrelid = 'conversation_outbox'::regclass AND a.attnum > 0 AND NOT a.attisdropped
+  AND a.attidentity = ''
+  AND NOT EXISTS (SELECT FROM pg_attribute l WHERE l.attrelid = 'event_log'::regclass AND l.attname = a.attname
+                  AND NOT l.attisdropped)
+ORDER BY a.attnum
+"""
+
+
+async def adopt_outbox_columns(connection: asyncpg.Connection) -> list[str]:
+    """Give the log every column the outbox gained since the log was created; the names added.
+
+    A NOT NULL column needs its default for the rows already in the log (every outbox column added
+    after the first release has one, so that writers of the previous release keep working).
+    """
+    added = []
+    for name, sql_type, default, not_null in await connection.fetch(SELECT_COLUMNS_TO_ADOPT):
+        clause = f"ADD COLUMN {name} {sql_type}"
+        if default is not None:
+            clause += f" DEFAULT {default}"
+            if not_null:
+                clause += " NOT NULL"
+        await connection.execute(f"ALTER TABLE event_log {clause}")
+        added.append(name)
+    return added
+
 
 
 def _week_of(day: dt.date) -> dt.date:

@@ -3,7 +3,9 @@
 Safe when several replicas start at once: the database is created by whoever gets there first
 (the others see it exists), and schema.sql runs under a session advisory lock on a connection
 of its own, so two migrators never interleave their DDL. Every statement in schema.sql is
-idempotent, so applying it again changes nothing.
+idempotent, so applying it again changes nothing. The event log is created LIKE the outbox, which
+copies the outbox's columns once: a column the outbox gains later (stream_partition, say) is added
+to an existing log here, after schema.sql.
 """
 
 from __future__ import annotations
@@ -72,6 +74,8 @@ async def apply_schema(settings: Settings) -> None:
         await connection.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
         try:
             await connection.execute(schema_sql())
+            for name in await event_log.adopt_outbox_columns(connection):
+                logger.info("the event log now has the outbox's column %s", name)
             await event_log.maintain(connection, settings.events_feed_days)
         finally:
             await connection.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)

@@ -190,7 +190,7 @@ WITH inserted AS (
     ON CONFLICT DO NOTHING
     RETURNING {_COLUMNS}, version
 ), event AS (
-    {insert_event("conversation.created", stream="$6", account_id="$1",
+    {insert_event("conversation.created", stream="$6", partitions="$7", account_id="$1",
                   event_id=f"'{EVENT_ID_PREFIX}' || left(i.id, 8) || $5", occurred_at="i.created_at",
                   sequence="i.version", source="inserted i", row="i")}
 )
@@ -199,14 +199,14 @@ SELECT {_COLUMNS}, version FROM inserted
 
 
 async def insert_conversation(db: Executor, stream: str, account_id: str, contact_id: str | None,
-                              group_id: str | None) -> Versioned | None:
+                              group_id: str | None, partitions: int = 1) -> Versioned | None:
     """The new conversation and its created event, or None if the contact or group is taken.
 
     The id's time part and the event id's come from the database clock (base62_millis), so the
     id, `created_at` and `occurred_at` agree; the random parts from this process.
     """
     row = await db.fetchrow(INSERT_CONVERSATION_UNLESS_EXISTS, account_id, random_part(), contact_id, group_id,
-                            random_part(), stream)
+                            random_part(), stream, partitions)
     return None if row is None else _versioned(row)
 
 
@@ -253,7 +253,7 @@ def update_arguments(update: ConversationUpdate) -> list[object]:
 
 
 _PROPOSED, _EVENT_ID = _proposed_values()
-_STREAM, _EXPECTED = _EVENT_ID + 1, _EVENT_ID + 2
+_STREAM, _EXPECTED, _PARTITIONS = _EVENT_ID + 1, _EVENT_ID + 2, _EVENT_ID + 3
 _UNCHANGED = (f"({', '.join(f'p.{f}' for f in UPDATABLE_FIELDS)}) "
               f"IS DISTINCT FROM ({', '.join(f'c.{f}' for f in UPDATABLE_FIELDS)})")
 
@@ -272,7 +272,8 @@ WITH current AS (
       AND {_UNCHANGED}
     RETURNING {_columns("t")}, t.version
 ), event AS (
-    {insert_event("conversation.updated", stream=f"${_STREAM}", account_id="$1", event_id=f"${_EVENT_ID}::text",
+    {insert_event("conversation.updated", stream=f"${_STREAM}", partitions=f"${_PARTITIONS}::integer",
+                  account_id="$1", event_id=f"${_EVENT_ID}::text",
                   occurred_at=NOW_SECONDS, sequence="u.version", source="updated u, current c", row="u",
                   previous="c")}
 )
@@ -284,8 +285,8 @@ WHERE NOT EXISTS (SELECT FROM updated)
 
 
 async def update_conversation(db: Executor, stream: str, account_id: str, conversation_id: str,
-                              update: ConversationUpdate, expected_versions: list[int] | None = None
-                              ) -> tuple[Versioned, bool] | None:
+                              update: ConversationUpdate, expected_versions: list[int] | None = None,
+                              partitions: int = 1) -> tuple[Versioned, bool] | None:
     """Apply `update`; None if there is no such conversation.
 
     The statement writes, bumps `version` and emits an event only if a value really changes;
@@ -294,7 +295,7 @@ async def update_conversation(db: Executor, stream: str, account_id: str, conver
     one of them. Returns the conversation as it now is, and whether the precondition held.
     """
     row = await db.fetchrow(UPDATE_CONVERSATION_IF_CHANGED, account_id, conversation_id, *update_arguments(update),
-                            new_event_id(), stream, expected_versions)
+                            new_event_id(), stream, expected_versions, partitions)
     return None if row is None else (_versioned(row), row[_VERSION + 1])
 
 
@@ -306,7 +307,8 @@ WITH target AS (
     WHERE c.account_id = $1 AND c.id = $2 AND ($5::bigint[] IS NULL OR t.version = ANY($5::bigint[]))
     RETURNING {_columns("c")}, c.version
 ), event AS (
-    {insert_event("conversation.deleted", stream="$4", account_id="$1", event_id="$3::text",
+    {insert_event("conversation.deleted", stream="$4", partitions="$6::integer", account_id="$1",
+                  event_id="$3::text",
                   occurred_at=NOW_SECONDS, sequence="d.version + 1", source="deleted d", row="d")}
 )
 SELECT (SELECT version FROM target), EXISTS (SELECT FROM deleted)
@@ -314,12 +316,12 @@ SELECT (SELECT version FROM target), EXISTS (SELECT FROM deleted)
 
 
 async def delete_conversation(db: Executor, stream: str, account_id: str, conversation_id: str,
-                              expected_versions: list[int] | None = None) -> bool | None:
+                              expected_versions: list[int] | None = None, partitions: int = 1) -> bool | None:
     """Delete the conversation and emit its deleted event.
 
     None if there is no such conversation; False if `expected_versions` (If-Match) did not
     include its version, so nothing was deleted; True once deleted.
     """
     row = await db.fetchrow(DELETE_CONVERSATION, account_id, conversation_id, new_event_id(), stream,
-                            expected_versions)
+                            expected_versions, partitions)
     return None if row[0] is None else row[1]

@@ -7,6 +7,7 @@ from pathlib import Path
 import yaml
 
 from service.model import EVENT_TYPES, STREAM_FIELDS, Conversation, ConversationEvent, PreviousAttributes
+from service.partitions import partition_of, stream_keys
 
 DOCUMENT = Path(__file__).resolve().parents[2] / "docs" / "asyncapi.yaml"
 
@@ -53,3 +54,17 @@ def test_the_document_states_the_guarantees_and_the_dedupe_rule():
     for phrase in ("At least once", "Ordered per conversation", "sequence", "Deduplication rule",
                    "never drops unread events"):
         assert phrase in description
+
+
+def test_the_published_contract_gives_the_partition_and_keys_the_code_computes():
+    document = load()
+    [channel] = document["channels"].values()
+    for example in channel["x-partitions"]["examples"]:
+        if "conversationId" in example:
+            assert partition_of(example["conversationId"], example["partitions"]) == example["partition"]
+        else:
+            assert stream_keys(channel["address"], example["partitions"]) == example["keys"]
+    api = (DOCUMENT.parent / "api.md").read_text()
+    assert "`conversations:events:{0.1}`, `:{1.3}`, `:{2.1}`, `:{3.3}`" in api
+    assert stream_keys("conversations:events", 4) == [f"conversations:events:{{{tag}}}"
+                                                      for tag in ("0.1", "1.3", "2.1", "3.3")]

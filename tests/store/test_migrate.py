@@ -15,6 +15,8 @@ import pytest
 from service.settings import Settings
 from service.store.migrate import migrate
 from service.store.outbox import SELECT_BATCH as SELECT_OUTBOX_BATCH
+from service.store.outbox import SELECT_PARTITION_BACKLOG
+from service.store.outbox import SELECT_STRAYS as SELECT_OUTBOX_STRAYS
 from service.store.queries import (
     SELECT_CONVERSATION,
     SELECT_ID_BY_CONTACT,
@@ -104,7 +106,9 @@ async def empty_database(backend_urls: Backends) -> AsyncIterator[str]:
     (activity_statement("ending_before"), ("a", 11, True, -1, "0000000000000000"), "conversations_activity_idx"),
     (SELECT_ID_BY_CONTACT, ("a", "c"), "conversations_account_contact_key"),
     (SELECT_ID_BY_GROUP, ("a", "g"), "conversations_account_group_key"),
-    (SELECT_OUTBOX_BATCH, ("s", 500), "conversation_outbox_pkey"),
+    (SELECT_OUTBOX_BATCH, ("s", 0, 500), "conversation_outbox_partition_idx"),
+    (SELECT_OUTBOX_STRAYS, ("s", 4, 1, 500), "conversation_outbox_partition_idx"),
+    (SELECT_PARTITION_BACKLOG, ("s", 4, 10_000), "conversation_outbox_partition_idx"),
     ("SELECT account_id FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL", (b"x",),
      "api_tokens_token_hash_key"),
 ])
@@ -136,6 +140,43 @@ async def test_migrate_drops_the_json_columns_that_outboxes_before_the_column_la
     columns = {line.split(":")[0] for line in await snapshot(fresh_database)}
     assert "conversation_outbox.data" not in columns
     assert "conversation_outbox.previous_attributes" not in columns
+    first = await snapshot(fresh_database)
+    await migrate(Settings(database_url=fresh_database))
+    assert await snapshot(fresh_database) == first
+
+
+async def test_a_database_from_before_partitions_gets_the_partition_column_on_the_outbox_the_log_and_wakeups(
+        fresh_database: str):
+    await migrate(Settings(database_url=fresh_database))
+    connection = await asyncpg.connect(fresh_database)
+    try:  # the tables as the release before partitions left them
+        await connection.execute("""
+            DROP INDEX conversation_outbox_partition_idx;
+            ALTER TABLE conversation_outbox DROP COLUMN stream_partition;
+            ALTER TABLE event_log DROP COLUMN stream_partition;
+            DROP TABLE outbox_wakeups;
+            CREATE TABLE outbox_wakeups (stream text COLLATE "C" PRIMARY KEY, notify boolean NOT NULL);
+            INSERT INTO outbox_wakeups VALUES ('s', true);
+            INSERT INTO event_log (batch, stream, position, event_id, type, account_id, conversation_id,
+                                   occurred_at, sequence, schema_version)
+            VALUES (1, 's', 1, 'evt_old', 'conversation.created', 'a', 'c',
+                    floor(extract(epoch FROM now()))::bigint, 1, 1)""")
+    finally:
+        await connection.close()
+    await migrate(Settings(database_url=fresh_database))
+    lines = await snapshot(fresh_database)
+    for table in ("conversation_outbox", "event_log", "outbox_wakeups"):
+        assert f"{table}.stream_partition:integer:" in lines
+    assert any(line.startswith("conversation_outbox_partition_idx:") for line in lines)
+    connection = await asyncpg.connect(fresh_database)
+    try:
+        assert await connection.fetchval("SELECT stream_partition FROM event_log WHERE event_id = 'evt_old'") == 0
+        assert await connection.fetchval("SELECT stream_partition FROM outbox_wakeups WHERE stream = 's'") == 0
+        key = await connection.fetchval("SELECT pg_get_constraintdef(oid) FROM pg_constraint "
+                                        "WHERE conname = 'outbox_wakeups_pkey'")
+        assert key == "PRIMARY KEY (stream, stream_partition)"
+    finally:
+        await connection.close()
     first = await snapshot(fresh_database)
     await migrate(Settings(database_url=fresh_database))
     assert await snapshot(fresh_database) == first
