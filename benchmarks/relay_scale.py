@@ -278,8 +278,11 @@ async def open_loop(port: int, token: str, redis_url: str, keys: list[str], args
     arrived: dict[str, float] = {}
     stop = asyncio.Event()
 
+    # Each key read from its last entry as it is now: "$" would be taken afresh at every XREAD for a
+    # key that has had no entry yet, skipping what reached it between two reads.
+    last = {key: (entries[0][0] if (entries := await reader.xrevrange(key, count=1)) else "0-0") for key in keys}
+
     async def read() -> None:
-        last = dict.fromkeys(keys, "$")
         while not stop.is_set():
             reply = await reader.xread(last, block=200, count=1000)
             now = time.perf_counter()
