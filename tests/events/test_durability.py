@@ -53,7 +53,11 @@ async def test_each_backend_is_published_through_its_own_path(
     await wait_for_entries(redis_client, settings.events_stream, 3)
     assert app.state.relay.stats.durability.value == redis_backend.durability
     if redis_backend.durability == "waitaof":  # fails if the WAITAOF branch is never taken
-        assert await waitaof_calls(redis_client) > calls_before
+        # The entries are visible once XADD ran; WAITAOF is counted when it returns, up to a
+        # second later under appendfsync everysec, so wait for the count rather than read it once.
+        async def waited() -> bool:
+            return await waitaof_calls(redis_client) > calls_before
+        await wait_for(waited, timeout=5.0)
 
 
 async def test_ready_and_metrics_report_the_durability_the_relay_detected(
