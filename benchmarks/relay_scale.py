@@ -18,10 +18,14 @@ its own on --redis, deleted afterwards):
   profile  one leader's steps timed in this process over a --backlog drain: the batch SELECT, the
            XADD pipeline, and WAITAOF (against a private AOF server, compose's flags), the move into
            the event log; per batch of 500;
-  latency  creates open-loop at --rate a second for --duration seconds against one `serve` with
-           --latency-workers workers and EVENTS_PARTITIONS 1 and 4; each event timed from its create's
-           2xx response to its arrival on its partition's stream key (XREAD BLOCK on every key, from a
-           separate connection); the rate the server kept up is reported beside it.
+  latency  creates open-loop at --rate a second for --duration seconds, EVENTS_PARTITIONS 1 and 4,
+           each event timed from its create's answer to its arrival on its partition's stream key
+           (XREAD BLOCK on every key, from a separate connection), against one `serve` with
+           --latency-workers workers whose relays publish; --writers: `http` sends the creates
+           through that server's API (on 2 cores the front door, not the event path, caps the
+           rate: the rate kept up is reported beside it), `sql` runs the service's own create
+           (service/conversations.py, the same statement and outbox row) on --concurrency database
+           connections from this process, so the event path sees the full rate.
 
 With --checkout DIR (another checkout of the project, e.g. the commit before partitions) the
 servers and migrations are that checkout's (drain and writers only; a checkout without partitions
@@ -51,6 +55,7 @@ import redis.asyncio as aioredis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from arrivals import Creator, HttpCreator, SqlCreator, StreamArrivals, open_loop, percentiles  # noqa: E402
 from processes import cpu_seconds, postgres_pids  # noqa: E402
 from run import Server, run_wrk, write_load_data  # noqa: E402
 
@@ -261,82 +266,24 @@ async def profile(args: argparse.Namespace, durability: str) -> dict:
             **{f"{name}_share": round(spent[name] / total, 2) for name in spent}}
 
 
-async def latency(args: argparse.Namespace, partitions: int) -> dict:
-    async with Scratch(args, f"latency{partitions}") as scratch:
+async def latency(args: argparse.Namespace, writer: str, partitions: int) -> dict:
+    async with Scratch(args, f"latency_{writer}{partitions}") as scratch:
         token, _ = await create_token(Settings(database_url=scratch.url), "acct_bench")
         server = Server(scratch.env(partitions), args.latency_workers)
         keys = stream_keys(scratch.stream, partitions)
+        creators: list[Creator] = (
+            [HttpCreator(server.port, token) for _ in range(args.concurrency)] if writer == "http"
+            else [SqlCreator(scratch.url, scratch.stream, partitions, "acct_bench") for _ in range(args.concurrency)])
         try:
             await asyncio.to_thread(server.start)
-            return {"partitions": partitions, **await open_loop(server.port, token, scratch.redis_url, keys, args)}
+            async with StreamArrivals(scratch.redis_url, keys) as arrivals:
+                sent = await open_loop(creators, args.rate, args.duration)
+                await arrivals.wait_for(sent.answered, 10)
+            delays = arrivals.delays_ms(sent.answered)
+            return {"writer": writer, "partitions": partitions, "writes_per_s": sent.rate, "statuses": sent.statuses,
+                    "events": len(delays), **percentiles(delays)}
         finally:
             await asyncio.to_thread(server.stop)
-
-
-async def open_loop(port: int, token: str, redis_url: str, keys: list[str], args: argparse.Namespace) -> dict:
-    reader = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    arrived: dict[str, float] = {}
-    stop = asyncio.Event()
-
-    # Each key read from its last entry as it is now: "$" would be taken afresh at every XREAD for a
-    # key that has had no entry yet, skipping what reached it between two reads.
-    last = {key: (entries[0][0] if (entries := await reader.xrevrange(key, count=1)) else "0-0") for key in keys}
-
-    async def read() -> None:
-        while not stop.is_set():
-            reply = await reader.xread(last, block=200, count=1000)
-            now = time.perf_counter()
-            for key, entries in reply or []:
-                for entry_id, fields in entries:
-                    last[key] = entry_id
-                    arrived.setdefault(fields["conversation_id"], now)
-
-    listener = asyncio.create_task(read())
-    await asyncio.sleep(0.3)
-    answered: dict[str, float] = {}
-    statuses: dict[int, int] = {}
-    jobs: asyncio.Queue[int | None] = asyncio.Queue()
-
-    async def connection() -> None:
-        """One keep-alive HTTP/1.1 connection taking creates off the queue (httpx costs too much CPU here)."""
-        stream_reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        while (n := await jobs.get()) is not None:
-            body = json.dumps({"contact_id": f"c{n}"}).encode()
-            writer.write(b"POST /v1/conversations HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer "
-                         + token.encode() + b"\r\nContent-Type: application/json\r\nContent-Length: "
-                         + str(len(body)).encode() + b"\r\n\r\n" + body)
-            head = await stream_reader.readuntil(b"\r\n\r\n")
-            length = int(next(line.split(b":", 1)[1] for line in head.split(b"\r\n")
-                              if line.lower().startswith(b"content-length:")))
-            reply = await stream_reader.readexactly(length)
-            status = int(head.split(b" ", 2)[1])
-            statuses[status] = statuses.get(status, 0) + 1
-            if status == 201:
-                answered[json.loads(reply)["id"]] = time.perf_counter()
-        writer.close()
-
-    workers = [asyncio.create_task(connection()) for _ in range(args.concurrency)]
-    started = time.perf_counter()
-    total = int(args.rate * args.duration)
-    for n in range(total):  # open loop: each create queued at its scheduled time
-        delay = started + n / args.rate - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        jobs.put_nowait(n)
-    for _ in workers:
-        jobs.put_nowait(None)
-    await asyncio.gather(*workers)
-    writing = time.perf_counter() - started
-    deadline = time.monotonic() + 10
-    while len(arrived.keys() & answered.keys()) < len(answered) and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    stop.set()
-    await listener
-    await reader.aclose()
-    delays = sorted((arrived[cid] - answered[cid]) * 1000 for cid in answered if cid in arrived)
-    return {"writes_per_s": round(len(answered) / writing), "statuses": statuses, "events": len(delays),
-            "p50_ms": round(statistics.median(delays), 2), "p99_ms": round(delays[int(len(delays) * 0.99) - 1], 2),
-            "max_ms": round(delays[-1], 2)}
 
 
 def tables(report: dict) -> str:
@@ -358,11 +305,11 @@ def tables(report: dict) -> str:
                   + "  ".join(f"{r[f'{n}_ms_per_batch']:>5.2f} {r[f'{n}_share']:>4.0%}"
                               for n in ("select", "xadd", "waitaof", "move")) for r in report["profile"]]
     if report.get("latency"):
-        lines += ["", f"event latency (create 2xx -> entry on its stream key), creates at {report['rate']}/s "
+        lines += ["", f"event latency (create answered -> entry on its stream key), creates at {report['rate']}/s "
                       f"open-loop, one serve --workers {report['latency_workers']}",
-                  "partitions  writes/s  events  p50 ms  p99 ms  max ms", "-" * 50]
-        lines += [f"{r['partitions']:>10}  {r['writes_per_s']:>8}  {r['events']:>6}  {r['p50_ms']:>6.2f}  "
-                  f"{r['p99_ms']:>6.2f}  {r['max_ms']:>6.2f}" for r in report["latency"]]
+                  "writer  partitions  writes/s  events  p50 ms  p99 ms  max ms", "-" * 58]
+        lines += [f"{r['writer']:<6}  {r['partitions']:>10}  {r['writes_per_s']:>8}  {r['events']:>6}  "
+                  f"{r['p50_ms']:>6.2f}  {r['p99_ms']:>6.2f}  {r['max_ms']:>6.2f}" for r in report["latency"]]
     return "\n".join(lines)
 
 
@@ -380,7 +327,7 @@ async def main(args: argparse.Namespace) -> dict:
     if "profile" in parts:
         report["profile"] = [await profile(args, mode) for mode in ("none", "waitaof")]
     if "latency" in parts:
-        report["latency"] = [await latency(args, n) for n in (1, 4)]
+        report["latency"] = [await latency(args, writer, n) for writer in args.writers.split(",") for n in (1, 4)]
     return report
 
 
@@ -396,6 +343,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=10, help="seconds of writes (writers, latency)")
     parser.add_argument("--rate", type=float, default=2000, help="creates a second (latency)")
     parser.add_argument("--concurrency", type=int, default=64, help="connections of the open-loop sender")
+    parser.add_argument("--writers", default="http,sql",
+                        help="latency's writers: http (creates through the API) and/or sql (the service's create "
+                             "statement from this process, the HTTP front door left out)")
     parser.add_argument("--latency-workers", type=int, default=2, help="serve's workers for latency")
     parser.add_argument("--checkout", type=Path, default=None, help="another checkout's servers and migrations")
     parser.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")

@@ -33,7 +33,7 @@ import asyncpg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from arrivals import StreamArrivals, percentiles  # noqa: E402
+from arrivals import HttpCreator, StreamArrivals, open_loop, percentiles  # noqa: E402
 from run import Server  # noqa: E402
 
 from service.settings import Settings  # noqa: E402
@@ -81,56 +81,19 @@ async def run_mode(mode: str, args: argparse.Namespace) -> Result:
 
 
 async def measure(mode: str, port: int, token: str, redis_url: str, stream: str, args: argparse.Namespace) -> Result:
-    async with StreamArrivals(redis_url, stream) as arrivals:
-        return await _measure(mode, port, token, arrivals, args)
-
-
-async def _measure(mode: str, port: int, token: str, arrivals: StreamArrivals, args: argparse.Namespace) -> Result:
-    reader = arrivals.redis
-    stats_before = await reader.info("commandstats")
-    answered: dict[str, float] = {}
-    statuses: dict[int, int] = {}
-    jobs: asyncio.Queue[int | None] = asyncio.Queue()
-
-    async def connection() -> None:
-        """One keep-alive HTTP/1.1 connection taking creates off the queue (httpx costs too much CPU here)."""
-        reader_, writer = await asyncio.open_connection("127.0.0.1", port)
-        while (n := await jobs.get()) is not None:
-            body = json.dumps({"contact_id": f"c{n}"}).encode()
-            writer.write(b"POST /v1/conversations HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer "
-                         + token.encode() + b"\r\nContent-Type: application/json\r\nContent-Length: "
-                         + str(len(body)).encode() + b"\r\n\r\n" + body)
-            head = await reader_.readuntil(b"\r\n\r\n")
-            length = int(next(line.split(b":", 1)[1] for line in head.split(b"\r\n")
-                              if line.lower().startswith(b"content-length:")))
-            reply = await reader_.readexactly(length)
-            status = int(head.split(b" ", 2)[1])
-            statuses[status] = statuses.get(status, 0) + 1
-            if status == 201:
-                answered[json.loads(reply)["id"]] = time.perf_counter()
-        writer.close()
-
-    workers = [asyncio.create_task(connection()) for _ in range(args.concurrency)]
-    started = time.perf_counter()
-    total = int(args.rate * args.duration)
-    for n in range(total):  # open loop: each create queued at its scheduled time
-        delay = started + n / args.rate - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        jobs.put_nowait(n)
-    for _ in workers:
-        jobs.put_nowait(None)
-    await asyncio.gather(*workers)
-    writing = time.perf_counter() - started
-    if set(statuses) != {201}:
-        print(f"{mode}: statuses {statuses}", file=sys.stderr)
-    await arrivals.wait_for(answered, 10)
-    stats = (await reader.info("commandstats")).get("cmdstat_waitaof", {})
+    async with StreamArrivals(redis_url, [stream]) as arrivals:
+        stats_before = await arrivals.redis.info("commandstats")
+        sent = await open_loop([HttpCreator(port, token) for _ in range(args.concurrency)], args.rate, args.duration)
+        if set(sent.statuses) != {201}:
+            print(f"{mode}: statuses {sent.statuses}", file=sys.stderr)
+        await arrivals.wait_for(sent.answered, 10)
+        stats = (await arrivals.redis.info("commandstats")).get("cmdstat_waitaof", {})
     calls = int(stats.get("calls", 0)) - int(stats_before.get("cmdstat_waitaof", {}).get("calls", 0))
-    delays = arrivals.delays_ms(answered)
+    delays = arrivals.delays_ms(sent.answered)
     arrived = arrivals.arrived
-    first_answer, last_arrival = min(answered.values()), max(arrived[cid] for cid in answered if cid in arrived)
-    return Result(mode=mode, writes=len(answered), write_rate=round(len(answered) / writing),
+    first_answer = min(sent.answered.values())
+    last_arrival = max(arrived[cid] for cid in sent.answered if cid in arrived)
+    return Result(mode=mode, writes=len(sent.answered), write_rate=sent.rate,
                   events=len(delays), events_per_s=round(len(delays) / (last_arrival - first_answer)),
                   **percentiles(delays), waitaof_calls=calls)
 
