@@ -195,12 +195,27 @@ class OfflineCopy:
             cursor = page["data"][-1]["id"]
 
     async def sync(self, api: httpx.AsyncClient) -> None:
-        """Every event after the last one applied, oldest first, page by page."""
-        while True:
+        """Every event after the last one applied, oldest first, page by page.
+
+        Without a last event (the feed was empty at download), every event the feed holds is new:
+        the whole feed, read newest first back to its oldest, then applied oldest first.
+        """
+        if self.last_event_id is None:
+            events: list[dict[str, Any]] = []
             params: dict[str, Any] = {"limit": 7}
-            if self.last_event_id:
-                params["ending_before"] = self.last_event_id
-            page = await feed(api, **params)
+            while True:
+                page = await feed(api, **params)
+                events += page["data"]
+                if not page["has_more"]:
+                    break
+                params["starting_after"] = page["data"][-1]["id"]
+            for event in reversed(events):
+                self.apply(event)
+            if not events:
+                return
+            self.last_event_id = events[0]["id"]
+        while True:
+            page = await feed(api, limit=7, ending_before=self.last_event_id)
             for event in reversed(page["data"]):
                 self.apply(event)
             if page["data"]:
@@ -223,6 +238,19 @@ async def server_state(api: httpx.AsyncClient) -> dict[str, dict[str, Any]]:
     copy = OfflineCopy()
     await copy.download(api)
     return copy.conversations
+
+
+async def test_a_client_that_downloaded_before_any_event_reached_the_feed_gets_every_event_on_its_first_sync(
+        api: httpx.AsyncClient, settings: Settings, redis_client):
+    client = OfflineCopy()
+    await client.download(api)  # a fresh account: no event to remember yet
+    assert client.last_event_id is None
+    for _ in range(10):  # more than one of the client's pages (7)
+        await create_conversation(api)
+    await settled_feed(api, redis_client, settings.events_stream, 10)
+    await client.sync(api)
+    assert client.conversations == await server_state(api)
+    assert len(client.conversations) == 10
 
 
 async def test_a_client_that_syncs_goes_offline_and_syncs_again_ends_with_the_servers_state(
