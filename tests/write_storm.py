@@ -13,6 +13,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 import httpx
 
 
@@ -89,3 +90,20 @@ async def client_loop(number: int, base_url: str, token: str, storm: Storm, stop
                 continue
             tracked.acknowledged, tracked.version = response.json(), etag(response)
             storm.acknowledged_writes.append((conversation_id, tracked.version, tracked.acknowledged))
+
+
+async def outbox_waiting(db: asyncpg.Connection, stream: str) -> int:
+    """The stream's rows still in the outbox (not yet published and retired by the relay)."""
+    return await db.fetchval("SELECT count(*) FROM conversation_outbox WHERE stream = $1", stream)
+
+
+async def outbox_is_empty(db: asyncpg.Connection, stream: str) -> bool:
+    return await outbox_waiting(db, stream) == 0
+
+
+async def published_at_least(db: asyncpg.Connection, stream: str, storm: Storm, acknowledged: int, published: int
+                             ) -> bool:
+    """Whether the storm has `acknowledged` writes and `published` of them (committed: their rows were
+    in the outbox) have left the outbox."""
+    writes = len(storm.acknowledged_writes)
+    return writes >= acknowledged and writes - await outbox_waiting(db, stream) >= published

@@ -30,7 +30,7 @@ from service.settings import Settings
 from tests.asgi import Lifespan, client_for
 from tests.conftest import Backends, migrated_database, new_account, wait_for
 from tests.servers import LocalCluster, ServiceProcess
-from tests.write_storm import Storm, client_loop
+from tests.write_storm import Storm, client_loop, outbox_is_empty, published_at_least
 
 pytestmark = pytest.mark.slow
 
@@ -148,8 +148,8 @@ async def _storm_and_failover(cluster: LocalCluster, database_url: str, stream_n
     clients = [asyncio.create_task(client_loop(n, service.base_url, account.token, storm, stop))
                for n in range(CLIENTS)]
     try:
-        await wait_for(lambda: _published_at_least(db, stream_name, storm, KILL_AFTER_WRITES // 2), timeout=60,
-                       interval=0.1)
+        await wait_for(lambda: published_at_least(db, stream_name, storm, KILL_AFTER_WRITES, KILL_AFTER_WRITES // 2),
+                       timeout=60, interval=0.1)
         cluster.node(victim_port).kill()  # kill -9
         killed_at = time.monotonic()
         await asyncio.to_thread(_wait_for_failover, cluster, victim_port)
@@ -158,7 +158,7 @@ async def _storm_and_failover(cluster: LocalCluster, database_url: str, stream_n
         await asyncio.sleep(STORM_AFTER_FAILOVER_SECONDS)
         stop.set()
         await asyncio.wait_for(asyncio.gather(*clients), timeout=15)
-        await wait_for(lambda: _outbox_is_empty(db, stream_name), timeout=30, interval=0.1)
+        await wait_for(lambda: outbox_is_empty(db, stream_name), timeout=30, interval=0.1)
         drained_in = time.monotonic() - killed_at
     finally:
         stop.set()
@@ -208,12 +208,3 @@ def _wait_for_failover(cluster: LocalCluster, dead_port: int) -> None:
         time.sleep(0.1)
     raise AssertionError("the cluster did not fail over within 30 s")
 
-
-async def _published_at_least(db: asyncpg.Connection, stream: str, storm: Storm, count: int) -> bool:
-    acknowledged = len(storm.acknowledged_writes)
-    waiting = await db.fetchval("SELECT count(*) FROM conversation_outbox WHERE stream = $1", stream)
-    return acknowledged >= KILL_AFTER_WRITES and acknowledged - waiting >= count
-
-
-async def _outbox_is_empty(db: asyncpg.Connection, stream: str) -> bool:
-    return await db.fetchval("SELECT count(*) = 0 FROM conversation_outbox WHERE stream = $1", stream)

@@ -35,7 +35,7 @@ from tests.backends import RedisBackend
 from tests.conftest import Account, new_account, wait_for
 from tests.http_helpers import CONVERSATION_FIELDS
 from tests.servers import RedisServer, ServiceProcess
-from tests.write_storm import Storm, applied, client_loop
+from tests.write_storm import Storm, applied, client_loop, outbox_is_empty
 
 pytestmark = pytest.mark.slow
 
@@ -113,7 +113,7 @@ async def storm_then_crash(settings: Settings, account: Account, db: asyncpg.Con
         redis_server.start()  # the same directory: it loads its append-only file
     restarted = ServiceProcess(env, log_path=tmp_path / "restarted.log").start()
     try:
-        await wait_for(lambda: _outbox_is_empty(db, stream), timeout=20)
+        await wait_for(lambda: outbox_is_empty(db, stream), timeout=20)
         drained_in = time.monotonic() - killed_at
         rows = {row["id"]: row for row in await db.fetch(
             "SELECT * FROM conversations WHERE account_id = $1", account.id)}
@@ -167,7 +167,3 @@ async def storm_then_crash(settings: Settings, account: Account, db: asyncpg.Con
                    if (int(by_conversation[cid][-1]["sequence"]), msgspec.json.decode(by_conversation[cid][-1]["data"]))
                    != (row["version"], {name: row[name] for name in CONVERSATION_FIELDS})]
     assert disagreeing == []
-
-
-async def _outbox_is_empty(db: asyncpg.Connection, stream: str) -> bool:
-    return await db.fetchval("SELECT count(*) FROM conversation_outbox WHERE stream = $1", stream) == 0

@@ -23,6 +23,7 @@ from tests.conftest import Account, new_account, wait_for
 from tests.http.test_observability import metric_value
 from tests.servers import RedisServer
 from tests.stream_helpers import entries, wait_for_entries
+from tests.write_storm import outbox_waiting
 
 DURABILITIES = ("waitaof", "fsync-always", "aof-unconfirmed", "none")
 HELD_SECONDS = 2.0  # how long a test watches the outbox keep what the relay must not publish yet
@@ -33,15 +34,11 @@ async def waitaof_calls(redis: aioredis.Redis) -> int:
     return int(stats.get("cmdstat_waitaof", {}).get("calls", 0))
 
 
-async def outbox_rows(db: asyncpg.Connection, stream: str) -> int:
-    return await db.fetchval("SELECT count(*) FROM conversation_outbox WHERE stream = $1", stream)
-
-
 async def stays_in_the_outbox(db: asyncpg.Connection, stream: str, rows: int) -> None:
     """The outbox keeps exactly `rows` rows of `stream` for HELD_SECONDS, sampled every 0.1 s."""
     deadline = time.monotonic() + HELD_SECONDS
     while time.monotonic() < deadline:
-        assert await outbox_rows(db, stream) == rows
+        assert await outbox_waiting(db, stream) == rows
         await asyncio.sleep(0.1)
 
 
@@ -111,12 +108,12 @@ async def test_held_events_are_published_once_redis_becomes_crash_safe_without_a
         async with Lifespan(app := create_app(settings)), client_for(app, account.token) as api:
             assert (await api.post("/v1/conversations", json={"contact_id": "held"})).status_code == 201
             await wait_for(lambda: app.state.relay.hold_reason() is not None)
-            assert await outbox_rows(db, settings.events_stream) == 1
+            assert await outbox_waiting(db, settings.events_stream) == 1
             await reader.config_set("appendonly", "yes")
             if redis_backend.durability == "none":  # Redis 7.0 has no WAITAOF: only fsync-always is crash-safe
                 await reader.config_set("appendfsync", "always")
             await wait_for_entries(reader, settings.events_stream, 1, timeout=10)
-            await wait_for(lambda: _equals(outbox_rows(db, settings.events_stream), 0))
+            await wait_for(lambda: _equals(outbox_waiting(db, settings.events_stream), 0))
             assert app.state.relay.hold_reason() is None
             expected = "waitaof" if redis_backend.durability == "waitaof" else "fsync-always"
             assert (await api.get("/ready")).json()["events_durability"] == expected
@@ -145,7 +142,7 @@ async def test_a_batch_whose_waitaof_is_not_confirmed_in_time_stays_in_the_outbo
             (tmp_path / "replica").mkdir()
             replica = private_aof_server(tmp_path / "replica", extra=("--replicaof", "127.0.0.1", str(primary.port)))
             replica.start()
-            await wait_for(lambda: _equals(outbox_rows(db, stream_name), 0), timeout=15)
+            await wait_for(lambda: _equals(outbox_waiting(db, stream_name), 0), timeout=15)
             assert app.state.relay.stats.events_published == 1
         copies = [fields for _, fields in await entries(reader, stream_name)]
     finally:

@@ -29,7 +29,7 @@ from service.settings import Settings
 from tests.backends import private_aof_server
 from tests.conftest import new_account, wait_for
 from tests.servers import RedisServer, ServiceProcess
-from tests.write_storm import Storm, client_loop
+from tests.write_storm import Storm, client_loop, outbox_is_empty, published_at_least
 
 pytestmark = pytest.mark.slow
 
@@ -79,7 +79,7 @@ async def test_after_the_replica_is_promoted_nothing_the_relay_deleted_from_the_
                for n in range(CLIENTS)]
     try:
         # Mid-storm, once the relay has deleted (published and confirmed) a good part of the writes.
-        await wait_for(lambda: _deleted_at_least(db, stream_name, storm, KILL_AFTER_WRITES // 2),
+        await wait_for(lambda: published_at_least(db, stream_name, storm, KILL_AFTER_WRITES, KILL_AFTER_WRITES // 2),
                        timeout=STORM_LIMIT_SECONDS, interval=0.1)
         primary.kill()
         await asyncio.sleep(0.5)  # writes keep landing in the outbox meanwhile
@@ -109,7 +109,7 @@ async def test_after_the_replica_is_promoted_nothing_the_relay_deleted_from_the_
     restarted = ServiceProcess({**env, "REDIS_URL": replica.url, "EVENTS_WAITAOF_REPLICAS": "0"},
                                log_path=tmp_path / "restarted.log").start()
     try:
-        await wait_for(lambda: _is_empty(db, stream_name), timeout=20)
+        await wait_for(lambda: outbox_is_empty(db, stream_name), timeout=20)
     finally:
         restarted.stop()
     entries = await stream_of(replica.url, stream_name)
@@ -134,13 +134,3 @@ async def test_after_the_replica_is_promoted_nothing_the_relay_deleted_from_the_
     assert lost == []
     assert same_id_other_sequence == [] and out_of_order == {}
 
-
-async def _deleted_at_least(db: asyncpg.Connection, stream: str, storm: Storm, count: int) -> bool:
-    """Whether `count` acknowledged writes (committed: their rows were in the outbox) have left it."""
-    acknowledged = len(storm.acknowledged_writes)
-    waiting = await db.fetchval("SELECT count(*) FROM conversation_outbox WHERE stream = $1", stream)
-    return acknowledged >= KILL_AFTER_WRITES and acknowledged - waiting >= count
-
-
-async def _is_empty(db: asyncpg.Connection, stream: str) -> bool:
-    return await db.fetchval("SELECT count(*) = 0 FROM conversation_outbox WHERE stream = $1", stream)

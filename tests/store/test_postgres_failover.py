@@ -37,6 +37,7 @@ from service.store.migrate import migrate
 from tests.conftest import Backends, database_url_for, wait_for
 from tests.private_postgres import PrivatePostgres
 from tests.servers import ServiceProcess
+from tests.write_storm import outbox_is_empty
 
 pytestmark = pytest.mark.slow
 
@@ -155,7 +156,7 @@ async def test_a_promoted_standby_takes_over_without_a_restart_and_every_write_i
             ready = await http.get("/ready")
         new_primary = await asyncpg.connect(database_url_for(pair.standby.url, "conversations"))
         try:
-            await wait_for(lambda: _outbox_is_empty(new_primary, settings.events_stream), timeout=20)
+            await wait_for(lambda: outbox_is_empty(new_primary, settings.events_stream), timeout=20)
             on_new_primary = {row[0] for row in await new_primary.fetch("SELECT id FROM conversations")}
             relay_leads = await new_primary.fetchval(
                 "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE l.locktype = 'advisory' "
@@ -195,7 +196,3 @@ async def test_a_promoted_standby_takes_over_without_a_restart_and_every_write_i
     assert lost_events == []
     if mode == "synchronous":
         assert missing_on_new_primary == []  # zero loss: every 201 was on the standby before it was sent
-
-
-async def _outbox_is_empty(connection: asyncpg.Connection, stream: str) -> bool:
-    return await connection.fetchval("SELECT count(*) = 0 FROM conversation_outbox WHERE stream = $1", stream)
