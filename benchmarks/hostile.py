@@ -44,11 +44,11 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
-import redis.asyncio as aioredis
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from scratch import delete_stream, drop_database  # noqa: E402
 from soak import Client, Known, RssSampler, Server, Tally, log, percentile  # noqa: E402
 
 from service.ids import random_part  # noqa: E402
@@ -345,14 +345,8 @@ async def main(args: argparse.Namespace) -> int:
                                       attacker_token))
     finally:
         server.stop()
-        redis = aioredis.Redis.from_url(args.redis_url)
-        await redis.delete(stream)
-        await redis.aclose()
-        admin = await asyncpg.connect(args.database_url)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        await delete_stream(args.redis_url, stream)
+        await drop_database(args.database_url, database)
     print(table(phases, args))
     checks = verdict(phases)
     print()

@@ -58,6 +58,7 @@ sys.path.insert(0, str(ROOT))
 from arrivals import Creator, HttpCreator, SqlCreator, StreamArrivals, open_loop, percentiles  # noqa: E402
 from processes import cpu_seconds, postgres_pids  # noqa: E402
 from run import Server, run_wrk, write_load_data  # noqa: E402
+from scratch import delete_stream, drop_database  # noqa: E402
 
 from service.events.durability import Durability  # noqa: E402
 from service.events.publisher import Publisher  # noqa: E402
@@ -100,18 +101,8 @@ class Scratch:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        client = aioredis.Redis.from_url(self.redis_url)
-        try:
-            keys = [key async for key in client.scan_iter(match=self.stream + "*")]
-            if keys:
-                await client.delete(*keys)
-        finally:
-            await client.aclose()
-        connection = await asyncpg.connect(self.admin)
-        try:
-            await connection.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
-        finally:
-            await connection.close()
+        await delete_stream(self.redis_url, self.stream)
+        await drop_database(self.admin, self.name)
 
     def env(self, partitions: int) -> dict[str, str]:
         env = {"DATABASE_URL": self.url, "REDIS_URL": self.redis_url, "EVENTS_STREAM": self.stream}

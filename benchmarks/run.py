@@ -45,13 +45,13 @@ from pathlib import Path
 
 import asyncpg
 import httpx
-import redis.asyncio as aioredis
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from arrivals import StreamArrivals, percentiles  # noqa: E402
 from processes import cpu_seconds, free_port, group_pids, postgres_pids, rss_mb  # noqa: E402
+from scratch import delete_stream, drop_database  # noqa: E402
 
 from service.ids import encode_millis, random_part  # noqa: E402
 from service.settings import Settings  # noqa: E402
@@ -210,7 +210,7 @@ def measure(server: Server, scenario: str, data: Path, args: argparse.Namespace,
 async def event_latency(port: int, token: str, redis_url: str, stream: str, count: int, rate: float) -> dict:
     """From each create's HTTP response to its entry on the stream, at `rate` creates a second."""
     answered: dict[str, float] = {}
-    async with StreamArrivals(redis_url, stream) as arrivals:
+    async with StreamArrivals(redis_url, [stream]) as arrivals:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}",
                                      headers={"Authorization": f"Bearer {token}"}) as client:
             for n in range(count):
@@ -357,13 +357,10 @@ async def main(args: argparse.Namespace) -> Report:
     finally:
         for server in servers.values():
             server.stop()
-        connection = await asyncpg.connect(admin)
         for name in checkouts:
-            await connection.execute(f'DROP DATABASE IF EXISTS "bench_{stamp}_{name}" WITH (FORCE)')
-        await connection.close()
-        cleanup = aioredis.Redis.from_url(args.redis)
-        await cleanup.delete(*streams.values())
-        await cleanup.aclose()
+            await drop_database(admin, f"bench_{stamp}_{name}")
+        for stream in streams.values():
+            await delete_stream(args.redis, stream)
     return report
 
 

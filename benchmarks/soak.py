@@ -58,10 +58,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from processes import free_port, group_pids  # noqa: E402
+from scratch import drop_database  # noqa: E402
 
 from service.settings import Settings  # noqa: E402
 from service.store.migrate import migrate  # noqa: E402
 from service.tokens import create_token  # noqa: E402
+from tests.http_helpers import form_value  # noqa: E402
 
 FIELDS = ["id", "contact_id", "group_id", "pinned_message_id", "is_pinned", "is_muted", "last_active_at",
           "last_opened_at", "created_at", "archived_at"]
@@ -213,14 +215,6 @@ class Tally:
         self.unexpected[kind] += 1
         if len(self.examples) < 10:
             self.examples.append(f"{kind}: {detail[:300]}")
-
-
-def form_value(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
 
 
 class Client:
@@ -586,11 +580,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         exit_code = server.stop()
         await redis.delete(stream)
         await redis.aclose()
-        admin = await asyncpg.connect(args.database_url)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "soak_{stamp}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        await drop_database(args.database_url, f"soak_{stamp}")
     total = sum(tally.requests.values())
     unexpected = sum(tally.unexpected.values())
     return {

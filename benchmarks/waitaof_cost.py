@@ -28,13 +28,12 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import asyncpg
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from arrivals import HttpCreator, StreamArrivals, open_loop, percentiles  # noqa: E402
 from run import Server  # noqa: E402
+from scratch import drop_database  # noqa: E402
 
 from service.settings import Settings  # noqa: E402
 from service.store.migrate import migrate  # noqa: E402
@@ -75,9 +74,7 @@ async def run_mode(mode: str, args: argparse.Namespace) -> Result:
             server.stop()
         redis_server.stop()
         shutil.rmtree(directory, ignore_errors=True)
-        connection = await asyncpg.connect(args.database)
-        await connection.execute(f'DROP DATABASE IF EXISTS "waitaof_{stamp}" WITH (FORCE)')
-        await connection.close()
+        await drop_database(args.database, f"waitaof_{stamp}")
 
 
 async def measure(mode: str, port: int, token: str, redis_url: str, stream: str, args: argparse.Namespace) -> Result:
