@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -30,6 +31,7 @@ from tests.http_helpers import CONVERSATIONS, assert_error, create_conversation,
 from tests.stream_helpers import entries
 
 EVENTS = "/v1/events"
+README = Path(__file__).resolve().parents[2] / "README.md"
 EVENT_KEYS = ["id", "type", "account_id", "conversation_id", "occurred_at", "sequence", "schema_version", "data"]
 
 
@@ -251,6 +253,58 @@ async def test_a_client_that_downloaded_before_any_event_reached_the_feed_gets_e
     await client.sync(api)
     assert client.conversations == await server_state(api)
     assert len(client.conversations) == 10
+
+
+async def feed_caught_up(api: httpx.AsyncClient, redis: aioredis.Redis, stream: str, count: int) -> None:
+    """Until the stream has `count` events and the feed's newest is the stream's last (however many)."""
+
+    async def caught_up() -> bool:
+        found = await entries(redis, stream)
+        if len(found) < count:
+            return False
+        newest = (await feed(api, limit=1))["data"]
+        return bool(newest) and newest[0]["id"] == found[-1][1]["id"]
+
+    await wait_for(caught_up, timeout=10)
+
+
+def readme_sync_recipe() -> Any:
+    """README's `sync(api, copy)`, the code block as a reader copies it."""
+    text = README.read_text()
+    start = text.index("```python\ndef sync(api, copy)") + len("```python\n")
+    namespace: dict[str, Any] = {}
+    # The README's own example, run as written.
+    exec(text[start:text.index("```", start)], namespace)  # noqa: S102
+    return namespace["sync"]
+
+
+class BlockingApi:
+    """What README's recipe calls `api`: a blocking `get`, here run on the test's loop from a thread."""
+
+    def __init__(self, api: httpx.AsyncClient, loop: asyncio.AbstractEventLoop) -> None:
+        self._api, self._loop = api, loop
+
+    def get(self, path: str, params: dict[str, Any]) -> httpx.Response:
+        return asyncio.run_coroutine_threadsafe(self._api.get(path, params=params), self._loop).result(timeout=10)
+
+
+async def test_readmes_sync_recipe_keeps_a_copy_equal_to_the_servers_state(
+        api: httpx.AsyncClient, settings: Settings, redis_client):
+    sync = readme_sync_recipe()
+    blocking = BlockingApi(api, asyncio.get_running_loop())
+    copy: dict[str, Any] = {"last_event_id": None, "conversations": {}, "sequences": {}}  # the feed is empty
+    created = [await create_conversation(api) for _ in range(120)]  # more than one of the recipe's pages (100)
+    await api.put(item(created[0]["id"]), json={"is_muted": True})
+    await api.delete(item(created[1]["id"]))
+    await feed_caught_up(api, redis_client, settings.events_stream, 122)
+    await asyncio.to_thread(sync, blocking, copy)
+    assert copy["conversations"] == await server_state(api)
+    for conversation in created[2:5]:  # then from its last event
+        await api.patch(item(conversation["id"]), json={"archived_at": 1_700_000_000})
+    await api.delete(item(created[5]["id"]))
+    await feed_caught_up(api, redis_client, settings.events_stream, 126)
+    await asyncio.to_thread(sync, blocking, copy)
+    assert copy["conversations"] == await server_state(api)
 
 
 async def test_a_client_that_syncs_goes_offline_and_syncs_again_ends_with_the_servers_state(
