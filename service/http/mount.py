@@ -39,9 +39,22 @@ def _route_of(remaining_path: str) -> tuple[str, str]:
     return routes[1], segments[1]
 
 
+def _check_as_sent(scope: Scope) -> None:
+    """RouteNotFound for a path that reached /v1 only once normalised: an empty segment ("//"), or
+    a slash sent percent-encoded. Litestar's router merges both away, so the path as sent decides.
+    """
+    raw = scope.get("raw_path")
+    if raw is None:
+        return
+    path = raw.split(b"?", 1)[0]
+    if b"//" in path or b"%2f" in path.lower():
+        raise RouteNotFound(f"there is no route {path[:200].decode('latin-1')}")
+
+
 @asgi(MOUNT_PATH, is_mount=True, copy_scope=False)
 async def v1_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
     """Every call under /v1: route, authenticate, run the operation."""
+    _check_as_sent(scope)
     route, item_id = _route_of(scope["path"])
     method = scope["method"]
     operation = ROUTES[route].get(method)

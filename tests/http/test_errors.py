@@ -106,6 +106,21 @@ async def test_unknown_route_is_404(api, path) -> None:
     assert_error(response, 404)
 
 
+@pytest.mark.parametrize("path", ["/v1//conversations", "/v1/conversations//", "/v1/conversations/%2F",
+                                  "/v1/conversations/%2f/", "/v1%2Fconversations", "/v1/%2Fevents", "/v1//events"])
+async def test_a_path_with_an_empty_or_encoded_slash_segment_is_404(api, path) -> None:
+    """docs/api.md §3.2: only the two paths (and a trailing slash) are routes, as the client sent them."""
+    response = await api.get(path)
+    assert_error(response, 404)
+
+
+async def test_a_write_to_an_item_path_with_a_doubled_slash_is_404_and_changes_nothing(api) -> None:
+    created = await create_conversation(api)
+    response = await api.delete(f"/v1/conversations//{created['id']}")
+    assert_error(response, 404)
+    assert (await api.get(item(created["id"]))).status_code == 200
+
+
 @pytest.mark.parametrize("path", ["/v1/nope", "/nope"])
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE"])
 async def test_unknown_route_is_404_for_any_method(api, path, method) -> None:
