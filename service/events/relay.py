@@ -100,6 +100,9 @@ class PartitionLeader:
             raise
         self._connection = connection
         self.stats.is_leader = True
+        # Ask Redis afresh (docs/api.md §6.3): the partition's figures outlive a leadership, and what
+        # an earlier one found may no longer hold (a server reconfigured without any failure).
+        self.stats.durability = None
         # Leadership often begins as writes arrive (a process starting): the first batches go out before
         # the first retention pass, as they did with one leader per stream.
         self._last_trim = time.monotonic()

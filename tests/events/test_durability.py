@@ -20,6 +20,7 @@ from service.settings import Settings
 from tests.asgi import Lifespan, client_for
 from tests.backends import RedisBackend, private_aof_server
 from tests.conftest import Account, new_account, wait_for
+from tests.events.test_relay import LEADER_PID
 from tests.http.test_observability import metric_value
 from tests.servers import RedisServer
 from tests.stream_helpers import entries, wait_for_entries
@@ -95,6 +96,39 @@ async def test_required_durability_on_a_redis_without_persistence_keeps_events_i
             assert metric_value(metrics, "conversations_events_held") == 1.0
             assert metric_value(metrics, "conversations_events_durability", mode="none") == 1.0
     finally:
+        server.stop()
+
+
+async def test_a_new_leadership_asks_redis_again_so_a_redis_no_longer_crash_safe_holds_events(
+        settings: Settings, account: Account, db: asyncpg.Connection, redis_backend: RedisBackend, tmp_path: Path):
+    """docs/api.md §6.3: the relay asks Redis what it promises when it takes the lead, never trusting
+    what an earlier leadership of the partition found."""
+    # Crash-safe at first: fsync-always on Redis 7.0, WAITAOF on the AOF server.
+    extra = ("--appendonly", "yes", "--appendfsync", "always") if redis_backend.durability == "none" else ()
+    server = redis_backend.private(tmp_path, extra=extra).start()
+    settings = msgspec.structs.replace(settings, redis_url=server.url, events_require_durable=True)
+    reader = aioredis.Redis.from_url(server.url, decode_responses=True)
+    try:
+        async with Lifespan(app := create_app(settings)), client_for(app, account.token) as api:
+            assert (await api.post("/v1/conversations", json={"contact_id": "first"})).status_code == 201
+            await wait_for_entries(reader, settings.events_stream, 1, timeout=10)
+            # Its row retired, so its WAITAOF (if any) has returned: the leader is idle.
+            await wait_for(lambda: _equals(outbox_waiting(db, settings.events_stream), 0))
+            await reader.config_set("appendonly", "no")  # no longer crash-safe, and no error says so
+            old_leader = await db.fetchval(LEADER_PID, settings.events_stream)
+            await db.execute("SELECT pg_terminate_backend($1)", old_leader)
+
+            async def new_leader() -> bool:
+                pid = await db.fetchval(LEADER_PID, settings.events_stream)
+                return pid is not None and pid != old_leader and app.state.relay.stats.is_leader
+
+            await wait_for(new_leader, timeout=10)
+            assert (await api.post("/v1/conversations", json={"contact_id": "second"})).status_code == 201
+            await stays_in_the_outbox(db, settings.events_stream, 1)
+            assert len(await entries(reader, settings.events_stream)) == 1
+            assert (await api.get("/ready")).json()["events_durability"] == "none"
+    finally:
+        await reader.aclose()
         server.stop()
 
 
