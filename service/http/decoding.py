@@ -9,6 +9,7 @@ which the contract forbids, so the mount never uses it. No I/O here.
 
 from __future__ import annotations
 
+import json
 import re
 from functools import cache
 from typing import Any, TypeVar
@@ -142,13 +143,15 @@ def decode_pairs(pairs: list[tuple[str, str]], struct_type: type[T]) -> T:
 
 
 def _parse_pairs(encoded: str, what: str) -> list[tuple[str, str]]:
+    # The attributes are counted once parsed: parse_qsl's own limit counts separators, so a run of
+    # `&` would count as attributes. What it parses is bounded by the body and URL limits.
     try:
-        return parse_qsl(encoded, keep_blank_values=True, encoding="utf-8", errors="strict",
-                         max_num_fields=MAX_QUERY_ATTRIBUTES)
+        pairs = parse_qsl(encoded, keep_blank_values=True, encoding="utf-8", errors="strict")
     except UnicodeDecodeError:
         raise InvalidRequest(f"the {what} must be UTF-8 once percent-decoded") from None
-    except ValueError:
-        raise InvalidRequest(f"the {what} has more than {MAX_QUERY_ATTRIBUTES} attributes") from None
+    if len(pairs) > MAX_QUERY_ATTRIBUTES:
+        raise InvalidRequest(f"the {what} has more than {MAX_QUERY_ATTRIBUTES} attributes")
+    return pairs
 
 
 def decode_query(query_string: bytes, struct_type: type[T]) -> T:
@@ -167,15 +170,28 @@ def decode_query(query_string: bytes, struct_type: type[T]) -> T:
 _JSON_NAME = re.compile(rb'"([A-Za-z0-9_]{1,64})"\s*:')
 
 
+def _top_level_names(body: bytes) -> list[str]:
+    """The names of the decoded body's top-level object, as a JSON parser reads them."""
+    if b"\\" not in body:  # no escape anywhere: each name is spelled as it reads
+        return [name.decode() for name in _JSON_NAME.findall(body)]
+    # A name may be spelled with escapes ("is_mute\u0064"): let a parser read them (rare, so its cost
+    # stays off the usual path). The body already decoded into a flat Struct, so it is one object.
+    try:
+        pairs: list[tuple[str, Any]] = json.loads(body, object_pairs_hook=list)
+    except ValueError:  # what msgspec read, this parser should too; if not, the body is not plain JSON
+        raise InvalidRequest("the request body must be UTF-8 JSON") from None
+    return [name for name, _ in pairs]
+
+
 def _reject_repeated_names(body: bytes) -> None:
     """A JSON object that names an attribute twice is ambiguous: a 400, as for form data.
 
     msgspec keeps the last value silently (RFC 8259 leaves repeated names undefined).
     """
-    seen: set[bytes] = set()
-    for name in _JSON_NAME.findall(body):
+    seen: set[str] = set()
+    for name in _top_level_names(body):
         if name in seen:
-            raise InvalidRequest(f"{name.decode()} is given more than once", param=name.decode())
+            raise InvalidRequest(f"{name} is given more than once", param=name)
         seen.add(name)
 
 

@@ -197,6 +197,28 @@ def test_duplicate_form_keys_are_400_naming_the_key(body) -> None:
     assert info.value.param == body.partition(b"=")[0].decode()
 
 
+@pytest.mark.parametrize(("body", "name"), [
+    (rb'{"is_muted": true, "is_mute\u0064": false}', "is_muted"),
+    (rb'{"\u0061rchived_at": 5, "archived_at": null}', "archived_at"),
+    (rb'{"is_pinned": true, "is_pinned": false}', "is_pinned"),
+])
+def test_a_json_attribute_named_twice_is_400_naming_it_however_the_name_is_escaped(body, name) -> None:
+    """docs/api.md §3.5: an attribute named twice is a 400; an escaped spelling is the same name."""
+    with pytest.raises(InvalidRequest) as info:
+        decode_body(body, JSON, ConversationUpdate)
+    assert info.value.param == name
+
+
+def test_a_json_name_spelled_with_an_escape_once_is_read() -> None:
+    assert decode_body(rb'{"is_mute\u0064": true}', JSON, ConversationUpdate).is_muted is True
+
+
+@pytest.mark.parametrize("body", [b"is_muted=false" + b"&" * (MAX_QUERY_ATTRIBUTES + 5), b"&&&is_muted=false&&&"])
+def test_empty_separators_in_a_form_body_are_no_attributes(body) -> None:
+    """docs/api.md §3.5: at most 32 attributes; a run of `&` names none."""
+    assert decode_body(body, FORM, ConversationUpdate).is_muted is False
+
+
 @pytest.mark.parametrize(("field", "value"), [
     ("is_muted", "TRUE"), ("is_muted", "1"), ("is_muted", "yes"), ("is_muted", ""),
     ("last_active_at", "1.0"), ("last_active_at", "1e3"), ("last_active_at", "-1"), ("last_active_at", "+1"),
