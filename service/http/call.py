@@ -122,7 +122,9 @@ class Call:
         return body
 
     def if_match(self) -> list[int] | None:
-        return parse_if_match(self.header(_IF_MATCH))
+        # Several If-Match lines are one list (RFC 9110 §5.3), as if sent joined by commas.
+        lines = [value for key, value in self.scope["headers"] if key == _IF_MATCH]
+        return parse_if_match(b", ".join(lines) if lines else None)
 
     async def run(self, work: Work) -> Reply:
         """`work` on the pool; with an Idempotency-Key, at most once, its reply stored with the key."""

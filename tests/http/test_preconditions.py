@@ -35,6 +35,16 @@ async def test_a_write_with_the_current_etag_succeeds(api):
     assert (await api.delete(path, headers={"If-Match": updated.headers["etag"]})).status_code == 204
 
 
+async def test_if_match_sent_as_several_header_lines_is_one_list(api):
+    """RFC 9110 §5.3: repeated lines of a list header are one comma-separated list."""
+    conversation_id, _ = await create(api)
+    path = f"/v1/conversations/{conversation_id}"
+    stale_then_current = [("If-Match", '"7"'), ("If-Match", '"1"')]
+    assert (await api.put(path, json={"is_muted": True}, headers=stale_then_current)).status_code == 200
+    only_stale = [("If-Match", '"1"'), ("If-Match", '"7"')]
+    assert (await api.put(path, json={"is_muted": False}, headers=only_stale)).status_code == 412
+
+
 @pytest.mark.parametrize("method", ["PUT", "PATCH", "DELETE"])
 async def test_a_stale_write_is_a_412_and_changes_nothing(api, method: str, db: asyncpg.Connection):
     conversation_id, stale = await create(api)
