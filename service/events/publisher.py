@@ -61,8 +61,11 @@ class Publisher:
         commands = [pack_command(("XADD", self._stream, "*", *outbox.entry_fields(row))) for row in rows]
         if durability is Durability.WAITAOF:
             commands.append(pack_command(("WAITAOF", 1, self._replicas, self._waitaof_ms)))
+        # WAITAOF may block for its whole wait: its reply is read with a timeout that covers it (the
+        # connection's REDIS_TIMEOUT would cut it, and the batch would go out again).
+        last_reply_timeout = self._timeout + self._waitaof_ms / 1000 if durability is Durability.WAITAOF else None
         async with asyncio.timeout(self._timeout + self._waitaof_ms / 1000):
-            replies = await self._pipeline(commands)
+            replies = await self._pipeline(commands, last_reply_timeout)
         if durability is Durability.WAITAOF:
             local, replicas = (int(count) for count in replies[-1])  # type: ignore[attr-defined]
             if local < 1 or replicas < self._replicas:
@@ -76,8 +79,9 @@ class Publisher:
             logger.info("Redis is back; the relay is publishing again")
             self._stats.redis_failing_since = None
 
-    async def _pipeline(self, commands: list[bytes]) -> list[object]:
-        """Send pre-packed commands in one write and read every reply, on one pooled connection.
+    async def _pipeline(self, commands: list[bytes], last_reply_timeout: float | None = None) -> list[object]:
+        """Send pre-packed commands in one write and read every reply, on one pooled connection; the
+        last reply within `last_reply_timeout` seconds if given, else the connection's timeout.
 
         A connection left with unread replies (an error part-way) is disconnected, never reused.
         """
@@ -85,7 +89,9 @@ class Publisher:
         connection = await pool.get_connection()
         try:
             await connection.send_packed_command(b"".join(commands), check_health=False)
-            return [await connection.read_response() for _ in commands]
+            replies = [await connection.read_response() for _ in commands[:-1]]
+            replies.append(await connection.read_response(timeout=last_reply_timeout))
+            return replies
         except BaseException:
             await connection.disconnect()
             raise

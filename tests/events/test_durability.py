@@ -189,5 +189,37 @@ async def test_a_batch_whose_waitaof_is_not_confirmed_in_time_stays_in_the_outbo
         (copies[0]["id"], "1", created.json()["id"])}
 
 
+async def test_waitaof_for_a_replica_may_take_longer_than_redis_timeout(
+        database_url: str, stream_name: str, db: asyncpg.Connection, tmp_path: Path):
+    """A replica reports its fsync about once a second, so WAITAOF for one may take that long: the reply
+    is awaited for as long as WAITAOF may wait, not cut at REDIS_TIMEOUT (here 0.3 s) and sent again."""
+    (tmp_path / "primary").mkdir()
+    (tmp_path / "replica").mkdir()
+    primary = private_aof_server(tmp_path / "primary").start()
+    replica = private_aof_server(tmp_path / "replica", extra=("--replicaof", "127.0.0.1", str(primary.port))).start()
+    settings = Settings(database_url=database_url, redis_url=primary.url, events_stream=stream_name,
+                        db_pool_size=4, shutdown_timeout=4.0, events_waitaof_replicas=1, redis_timeout=0.3)
+    account = await new_account(settings)
+    reader = aioredis.Redis.from_url(primary.url, decode_responses=True)
+    try:
+        async def replica_confirms_fsyncs() -> bool:  # linked, its first sync and AOF done
+            await reader.set(f"{stream_name}:probe", 1)
+            _, replicas = await reader.execute_command("WAITAOF", 1, 1, 500)
+            return replicas == 1
+
+        await wait_for(replica_confirms_fsyncs, timeout=20)
+        await reader.delete(f"{stream_name}:probe")
+        async with Lifespan(app := create_app(settings)), client_for(app, account.token) as api:
+            for n in range(3):
+                assert (await api.post("/v1/conversations", json={"contact_id": f"r{n}"})).status_code == 201
+            await wait_for(lambda: _equals(outbox_waiting(db, stream_name), 0), timeout=15)
+            assert app.state.relay.stats.events_published == 3
+            assert len(await entries(reader, stream_name)) == 3  # each batch sent once, not again after a cut
+    finally:
+        await reader.aclose()
+        replica.stop()
+        primary.stop()
+
+
 async def _equals(value, expected: int) -> bool:
     return (await value) == expected
