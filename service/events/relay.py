@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Iterator
 
 import asyncpg
 
@@ -57,6 +58,21 @@ BATCH_SIZE = 500
 TRIM_INTERVAL_SECONDS = 1.0
 HOLD_RECHECK_SECONDS = 1.0
 STRAY_CHECK_SECONDS = 1.0
+
+
+class DatabaseTimeout(RuntimeError):
+    """A relay statement outlasted DB_STATEMENT_TIMEOUT: its session is in doubt and ends."""
+
+
+@contextlib.contextmanager
+def _timeouts_as_database_failures() -> Iterator[None]:
+    """asyncpg's statement timeout raises TimeoutError, an OSError like a Redis connection's failures:
+    re-raised as DatabaseTimeout, it ends the leader's session instead of reading as Redis failing
+    (which would publish the batch again)."""
+    try:
+        yield
+    except TimeoutError as error:
+        raise DatabaseTimeout("a relay statement outlasted DB_STATEMENT_TIMEOUT") from error
 
 
 class PartitionLeader:
@@ -229,12 +245,17 @@ class PartitionLeader:
         return self._holding
 
     async def _publish_batch(self, connection: asyncpg.Connection, publisher: Publisher) -> int:
-        rows = await outbox.fetch_batch(connection, self._stream, self.partition, BATCH_SIZE)
+        with _timeouts_as_database_failures():
+            rows = await outbox.fetch_batch(connection, self._stream, self.partition, BATCH_SIZE)
         if not rows:
             return 0
         await publisher.publish(rows)
-        await event_log.retire_published(connection, self._stream, [outbox.position_of(row) for row in rows])
+        await self._retire(connection, rows)
         return len(rows)
+
+    async def _retire(self, connection: asyncpg.Connection, rows: list[asyncpg.Record]) -> None:
+        with _timeouts_as_database_failures():
+            await event_log.retire_published(connection, self._stream, [outbox.position_of(row) for row in rows])
 
     async def _publish_strays(self, connection: asyncpg.Connection, publisher: Publisher) -> None:
         """Rows of a larger partition count whose partition is this one modulo ours (at most once a second)."""
@@ -242,10 +263,14 @@ class PartitionLeader:
         if now - self._last_stray_check < STRAY_CHECK_SECONDS and not self._stopping:
             return
         self._last_stray_check = now
-        while rows := await outbox.fetch_strays(connection, self._stream, self._partitions, self.partition,
-                                                 BATCH_SIZE):
+        while True:
+            with _timeouts_as_database_failures():
+                rows = await outbox.fetch_strays(connection, self._stream, self._partitions, self.partition,
+                                                 BATCH_SIZE)
+            if not rows:
+                return
             await publisher.publish(rows)
-            await event_log.retire_published(connection, self._stream, [outbox.position_of(row) for row in rows])
+            await self._retire(connection, rows)
             if len(rows) < BATCH_SIZE:
                 return
 

@@ -22,12 +22,13 @@ from service.events.leadership import close_session, open_session
 from service.http.app import create_app
 from service.model import ConversationCreate
 from service.settings import Settings
+from service.store import event_log
 from service.store.database import Transaction
 from tests.asgi import Lifespan, client_for
 from tests.backends import RedisBackend
 from tests.conftest import Account, Backends, new_account, wait_for
 from tests.servers import ServiceProcess
-from tests.stream_helpers import entries, wait_for_entries, wait_for_events
+from tests.stream_helpers import entries, first_of_each, wait_for_entries, wait_for_events
 from tests.tcp_proxy import TcpProxy, url_through
 
 
@@ -119,6 +120,30 @@ async def test_a_leader_whose_session_dies_is_replaced_within_5_seconds(
         await wait_for_entries(redis_client, settings.events_stream, 1, timeout=5)
         assert time.monotonic() - started < 5
         await wait_for(lambda: len(leaders(first_app, second_app)) == 1)
+
+
+async def test_a_relay_statement_that_outlasts_the_statement_timeout_is_a_database_failure_not_a_redis_one(
+        settings: Settings, account: Account, redis_client, db: asyncpg.Connection):
+    """asyncpg's statement timeout raises TimeoutError, an OSError like a Redis connection's: the relay must
+    not read it as Redis failing (and publish the batch again), but as its PostgreSQL session failing."""
+    settings = msgspec.structs.replace(settings, db_statement_timeout=1.0)
+    async with Lifespan(app := create_app(settings)), client_for(app, account.token) as api:
+        await wait_for(lambda: app.state.relay.stats.is_leader)
+        async with db.transaction():  # the event log's move lock held: the relay's retire waits on it
+            await db.execute("SELECT pg_advisory_xact_lock($1)", event_log.MOVE_LOCK_KEY)
+            assert (await api.post("/v1/conversations", json={"contact_id": "slow_retire"})).status_code == 201
+            await wait_for_entries(redis_client, settings.events_stream, 1)
+            deadline = time.monotonic() + 3.0  # three statement timeouts
+            while time.monotonic() < deadline:
+                assert app.state.relay.stats.redis_failing_since is None
+                await asyncio.sleep(0.05)
+        await wait_for(lambda: _outbox_empty(db, settings.events_stream), timeout=10)
+    # A new session may publish the row again (the same id and sequence), never lose it.
+    assert len(first_of_each(await entries(redis_client, settings.events_stream))) == 1
+
+
+async def _outbox_empty(db: asyncpg.Connection, stream: str) -> bool:
+    return not await db.fetchval("SELECT EXISTS (SELECT FROM conversation_outbox WHERE stream = $1)", stream)
 
 
 async def test_relay_waits_out_a_postgres_outage_and_resumes(
