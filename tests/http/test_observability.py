@@ -115,10 +115,15 @@ async def test_metrics_report_requests_latency_outbox_events_stream_groups_and_p
         await api.post("/v1/conversations", json={"contact_id": f"m{n}"})
     await redis_client.xgroup_create(settings.events_stream, "billing", id="0", mkstream=True)
     await api.get("/nope")
-    response = await anonymous.get("/metrics")
-    assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/plain")
-    text = response.text
+
+    async def with_the_group() -> str | None:  # the groups are read at the relay's retention pass, each second
+        response = await anonymous.get("/metrics")
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/plain")
+        found = metric_value(response.text, "conversations_consumer_group_pending", group="billing") is not None
+        return response.text if found else None
+
+    text = await wait_for(with_the_group, timeout=5)
     assert metric_value(text, "conversations_http_requests_total", method="POST", route="/v1/conversations",
                         status="201") >= 3
     assert metric_value(text, "conversations_http_requests_total", route="unmatched", status="404") >= 1
