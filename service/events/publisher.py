@@ -61,11 +61,11 @@ class Publisher:
         commands = [pack_command(("XADD", self._stream, "*", *outbox.entry_fields(row))) for row in rows]
         if durability is Durability.WAITAOF:
             commands.append(pack_command(("WAITAOF", 1, self._replicas, self._waitaof_ms)))
-        # WAITAOF may block for its whole wait: its reply is read with a timeout that covers it (the
+        seconds = self._timeout + self._waitaof_ms / 1000
+        # WAITAOF may block for its whole wait: its reply is read within `seconds` too (the
         # connection's REDIS_TIMEOUT would cut it, and the batch would go out again).
-        last_reply_timeout = self._timeout + self._waitaof_ms / 1000 if durability is Durability.WAITAOF else None
-        async with asyncio.timeout(self._timeout + self._waitaof_ms / 1000):
-            replies = await self._pipeline(commands, last_reply_timeout)
+        async with asyncio.timeout(seconds):
+            replies = await self._pipeline(commands, seconds if durability is Durability.WAITAOF else None)
         if durability is Durability.WAITAOF:
             local, replicas = (int(count) for count in replies[-1])  # type: ignore[attr-defined]
             if local < 1 or replicas < self._replicas:
