@@ -16,6 +16,10 @@ subclass, per connection:
   Retry-After (/health and /ready excepted, so that probes see an overloaded process as alive),
   and a connection beyond `max_connections` with a 503 before closing it.
 
+A response leaves in one write: uvicorn writes a response's head and its body separately, two
+sends and two TCP segments per response; `_OneWriteResponses` holds the head until the body's first
+write joins it (README, "Performance").
+
 No request arms a timer: one watch per process (`_ConnectionWatch`) reads the clock and checks
 every connection a few times per timeout. Idle keep-alive connections are closed by uvicorn's own
 timer (`timeout_keep_alive`, set by server.py).
@@ -129,6 +133,51 @@ async def _at_capacity(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+class _OneWriteResponses:
+    """A connection's transport as its response cycles see it: each response's head is held and sent
+    with the first write of its body, in one send.
+
+    A head is held only until its response's next write, its close, or its completion (a HEAD
+    request's response has no body write), all of which come from the same synchronous run of the
+    cycle's `send` except for a streamed body. Responses on a connection are written one at a time
+    (uvicorn queues pipelined requests), so one holder per connection is enough.
+    """
+
+    __slots__ = ("_head", "_in_body", "_transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._head = b""
+        self._in_body = False  # the current response's head has gone out
+
+    def write(self, data: bytes) -> None:
+        if self._in_body:
+            self._transport.write(data)
+        elif self._head:
+            self._in_body = True
+            self._transport.write(self._head + data)
+            self._head = b""
+        else:
+            self._head = data
+
+    def end_of_response(self) -> None:
+        self.flush()
+        self._in_body = False
+
+    def flush(self) -> None:
+        if self._head:
+            self._transport.write(self._head)
+            self._head = b""
+            self._in_body = True
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+
 class ContractHttpToolsProtocol(HttpToolsProtocol):
     # The documented defaults until server.py's worker factory sets this process's Settings.
     limits: ClassVar[HeadLimits] = HeadLimits.from_settings(Settings())
@@ -148,6 +197,7 @@ class ContractHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._responses = _OneWriteResponses(transport)
         _watch.start(self.loop, self.connections, self.limits)
         self._waiting_since = _watch.now
         if len(self.connections) > self.limits.max_connections:
@@ -174,6 +224,7 @@ class ContractHttpToolsProtocol(HttpToolsProtocol):
 
     def _refuse(self, error: ApiError) -> None:
         metrics.HTTP_REFUSED.labels(str(error.status_code)).inc()
+        self._responses.flush()  # a response being written goes out before the refusal
         self.transport.write(_response(error, self.server_state.default_headers))
         self.transport.close()
 
@@ -238,14 +289,19 @@ class ContractHttpToolsProtocol(HttpToolsProtocol):
         if (limits.head_bytes - self._head_left > limits.max_header_bytes
                 and sum(len(name) + len(value) + 4 for name, value in self.headers) > limits.max_header_bytes):
             raise _Refusal(431)
+        previous = self.cycle
         if len(self.tasks) >= limits.max_requests and self.url.partition(b"?")[0] not in _PROBE_PATHS:
             self.app, app = _at_capacity, self.app
             try:
                 super().on_headers_complete()
             finally:
                 self.app = app
-            return
-        super().on_headers_complete()
+        else:
+            super().on_headers_complete()
+        # A client that sent "Expect: 100-continue" waits for the interim response before its body,
+        # which must therefore not be held.
+        if self.cycle is not previous and not self.expect_100_continue:
+            self.cycle.transport = self._responses  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -253,5 +309,6 @@ class ContractHttpToolsProtocol(HttpToolsProtocol):
         self._head_left = self.limits.head_bytes
 
     def on_response_complete(self) -> None:
+        self._responses.end_of_response()
         super().on_response_complete()
         self._waiting_since = _watch.now
