@@ -14,7 +14,7 @@ from typing import TypeVar
 from litestar.types import Receive, Scope
 
 from service.conversations import Conversations
-from service.errors import BodyNotReceived
+from service.errors import BodyNotReceived, InvalidRequest
 from service.feed import Feed
 from service.http import idempotency
 from service.http.decoding import decode_body, decode_query
@@ -27,6 +27,8 @@ CONTENT_TYPE = b"content-type"
 _CONTENT_LENGTH = b"content-length"
 _IDEMPOTENCY_KEY = b"idempotency-key"
 _IF_MATCH = b"if-match"
+# The spelling an error's `param` uses for each header a call reads.
+_HEADER_LABELS = {CONTENT_TYPE: "Content-Type", _CONTENT_LENGTH: "Content-Length", _IDEMPOTENCY_KEY: idempotency.HEADER}
 
 # A version is the conversation's event sequence, a PostgreSQL bigint.
 MAX_VERSION = 2**63 - 1
@@ -36,12 +38,21 @@ T = TypeVar("T", bound=RequestAttributes)
 Work = Callable[[Executor], Awaitable[Reply]]
 
 
+class RepeatedHeader(Exception):
+    """A header that names one thing was sent twice with different values: which one to honour is
+    anyone's guess, so the call is refused (as a 400 naming it, or a 401 for Authorization)."""
+
+
 def raw_header(scope_headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    """The first value of header `name` (lower case) straight from the ASGI scope."""
+    """The value of header `name` (lower case) straight from the ASGI scope; RepeatedHeader if it
+    came more than once with different values (the same value twice is one header)."""
+    found = None
     for key, value in scope_headers:
         if key == name:
-            return value
-    return None
+            if found is not None and value != found:
+                raise RepeatedHeader(name.decode("latin-1"))
+            found = value
+    return found
 
 
 def parse_if_match(value: bytes | None) -> list[int] | None:
@@ -94,7 +105,12 @@ class Call:
         return decode_query(self.scope["query_string"], struct_type)
 
     def header(self, name: bytes) -> bytes | None:
-        return raw_header(self.scope["headers"], name)
+        try:
+            return raw_header(self.scope["headers"], name)
+        except RepeatedHeader:
+            label = _HEADER_LABELS[name]
+            raise InvalidRequest(f"{label} was sent more than once with different values; send it once",
+                                 param=label) from None
 
     async def body(self, struct_type: type[T]) -> T:
         content_type = self.header(CONTENT_TYPE)

@@ -12,8 +12,8 @@ from __future__ import annotations
 from litestar import asgi
 from litestar.types import Receive, Scope, Send
 
-from service.errors import MethodNotAllowed, RouteNotFound
-from service.http.call import Call, raw_header
+from service.errors import MethodNotAllowed, RouteNotFound, Unauthenticated
+from service.http.call import Call, RepeatedHeader, raw_header
 from service.http.endpoints import COLLECTION_ROUTE, EVENT_ROUTE, EVENTS_ROUTE, ITEM_IDS, ITEM_ROUTE, MOUNT_PATH, ROUTES
 from service.http.observability import ACCOUNT_SCOPE_KEY, ROUTE_SCOPE_KEY
 from service.http.reply import send_reply
@@ -67,7 +67,11 @@ async def v1_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
                                headers={"Allow": _ALLOW[route]})
     scope[ROUTE_SCOPE_KEY] = route  # type: ignore[literal-required]
     state = scope["app"].state
-    account_id = await state.authenticator.account_for(raw_header(scope["headers"], _AUTHORIZATION))
+    try:
+        authorization = raw_header(scope["headers"], _AUTHORIZATION)
+    except RepeatedHeader:
+        raise Unauthenticated("send one Authorization header: these differ") from None
+    account_id = await state.authenticator.account_for(authorization)
     scope[ACCOUNT_SCOPE_KEY] = account_id  # type: ignore[literal-required]
     if item_id:
         pattern, not_found = ITEM_IDS[route]
